@@ -1,0 +1,73 @@
+"""The step contract: what a workflow step receives and returns.
+
+    def run(cfg: PhaseConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact
+
+A step never reaches into another step's internals: it reads the directories its
+upstream Artifacts name and writes its own output into ``ctx.output_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One step's output.
+
+    uri: directory (Hugging Face format for models and tokenizers, JSONL splits for data).
+    kind: "dataset", "tokenizer" or "model".
+    run_id: the MLflow run of the step that made it.
+    cache_key: hash of phase, config, upstream keys and code version.
+    metrics: a few headline numbers (and digests) for summaries and downstream steps.
+    cached: True when this execution reused it instead of computing it.
+    """
+
+    uri: str
+    kind: str
+    run_id: str
+    cache_key: str
+    metrics: dict[str, float | str] = field(default_factory=dict)
+    headline: str = ""
+    cached: bool = False
+
+    @property
+    def path(self) -> Path:
+        return Path(self.uri.removeprefix("file://"))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> "Artifact":
+        return Artifact(**json.loads(text))
+
+
+@dataclass
+class StepContext:
+    """What the engine hands a step besides its config and inputs.
+
+    output_dir: an empty scratch directory; the engine renames it into place when
+        the step returns, so a crashed step never leaves a half-written artifact.
+    tracking_uri / run_id: the step's own MLflow run (already started).
+    workers / cpus_per_worker / gpus_per_worker: the Ray resources the step may use.
+    storage_path: where Ray Train keeps checkpoints for this step (resume survives a
+        killed driver because the path depends only on the cache key).
+    progress: call with a dict of metrics to update the live progress table.
+    """
+
+    step: str
+    phase: str
+    workdir: Path
+    output_dir: Path
+    storage_path: Path
+    tracking_uri: str
+    run_id: str
+    cache_key: str
+    workers: int = 2
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    progress: Callable[[dict[str, Any]], None] = lambda metrics: None

@@ -1,0 +1,62 @@
+"""Ray-side wiring of the data and tokenizer phases (both small: they run in the step task)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from components import tracking
+from components.artifact import Artifact, StepContext
+from components.data.config import DataConfig, TokenizerConfig
+from components.data.corpus import documents_digest, load_documents, read_jsonl, split_by_hash, write_jsonl
+from components.data.tokenizer import train_bpe
+
+
+def check_data(cfg: DataConfig) -> DataConfig:
+    """Preflight before Ray starts: a local source must load cleanly; returns it with an absolute path.
+
+    Raises DataError naming the file and line. Hub sources are checked when the step runs.
+    """
+    if cfg.source == "python-docs" or cfg.source.startswith("hf:"):
+        return cfg
+    cfg = cfg.model_copy(update={"source": str(Path(cfg.source).expanduser().resolve())})
+    load_documents(cfg)
+    return cfg
+
+
+def run_data(cfg: DataConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
+    """Load the corpus, split it by seeded hash, write train/validation JSONL; log both as datasets."""
+    docs = load_documents(cfg)
+    train, validation = split_by_hash(docs, cfg.validation_fraction, cfg.seed)
+    metrics: dict[str, float | str] = {}
+    for split, part in (("train", train), ("validation", validation)):
+        write_jsonl(ctx.output_dir / f"{split}.jsonl", part)
+        digest = documents_digest(part)
+        profile = {"documents": len(part), "characters": sum(map(len, part))}
+        tracking.log_dataset(ctx.tracking_uri, ctx.run_id, f"{ctx.step}/{split}", digest, cfg.source, split, profile)
+        metrics[f"digest_{split}"] = digest
+        metrics[f"{split}_documents"] = len(part)
+        metrics[f"{split}_characters"] = profile["characters"]
+    (ctx.output_dir / "dataset.json").write_text(json.dumps({"source": cfg.source, **metrics}, indent=1))
+    tracking.log_metrics(ctx.tracking_uri, ctx.run_id, metrics)
+    headline = f"{len(train)} train / {len(validation)} val docs"
+    return Artifact(str(ctx.output_dir), "dataset", ctx.run_id, ctx.cache_key, metrics, headline)
+
+
+def run_tokenizer(cfg: TokenizerConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
+    """Train a byte-level BPE on the training split; save it in Hugging Face format."""
+    (dataset,) = inputs.values()
+    docs = read_jsonl(dataset.path / "train.jsonl")
+    tokenizer = train_bpe(docs, cfg)
+    tokenizer.save_pretrained(ctx.output_dir)
+    sample = docs[: min(len(docs), 200)]
+    chars = sum(map(len, sample))
+    tokens = sum(len(tokenizer(d)["input_ids"]) for d in sample)
+    metrics = {"vocab_size": float(len(tokenizer)), "chars_per_token": chars / max(tokens, 1)}
+    tracking.log_dataset(
+        ctx.tracking_uri, ctx.run_id, f"{Path(dataset.uri).name}/train", str(dataset.metrics.get("digest_train", "")),
+        dataset.uri, "train", {"documents": len(docs)},
+    )
+    tracking.log_metrics(ctx.tracking_uri, ctx.run_id, metrics)
+    headline = f"vocab {len(tokenizer)}, {metrics['chars_per_token']:.2f} chars/token"
+    return Artifact(str(ctx.output_dir), "tokenizer", ctx.run_id, ctx.cache_key, metrics, headline)

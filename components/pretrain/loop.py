@@ -1,0 +1,153 @@
+"""The per-worker pretraining loop: what each Ray Train worker runs, top to bottom.
+
+Data arrives in the config as token blocks ([n_blocks, block_size] int32, from the
+step); every worker reads its own stride of a seeded permutation, so a batch depends
+only on the step number and resuming from a checkpoint replays nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from transformers import AutoTokenizer
+
+from components.core.models import build_causal_lm
+from components.core.parallel import wrap
+from components.core.perplexity import perplexity
+from components.pretrain.config import PretrainConfig
+
+
+def train_loop(config: dict) -> None:
+    cfg = PretrainConfig.model_validate(config["cfg"])
+    train_blocks: np.ndarray = config["train_blocks"]
+    val_blocks: np.ndarray = config["val_blocks"]
+    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+    device = ray.train.torch.get_device()
+    on_gpu = device.type == "cuda"
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_gpu)
+
+    # 1. Model, built from config with a fixed seed: every worker starts identical.
+    tokenizer = AutoTokenizer.from_pretrained(config["tokenizer_dir"])
+    model = build_causal_lm(cfg.model, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.seed)
+    if cfg.activation_checkpointing == "on" or (cfg.activation_checkpointing == "auto" and on_gpu):
+        model.gradient_checkpointing_enable()
+    val_stream = torch.from_numpy(val_blocks.reshape(-1).astype(np.int64))
+    progress = {"step": 0, "ppl_initial": None}
+
+    # 2. Resume, or score the untrained model (the baseline the trained one must beat).
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and rank == 0:
+        progress["ppl_initial"] = perplexity(model, val_stream, cfg.model.n_positions, max_tokens=cfg.eval_tokens)
+    par = wrap(
+        model, cfg.strategy, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.warmup_steps, cfg.max_steps, device,
+        zero_stage=cfg.zero_stage, cpu_offload=cfg.cpu_offload, bf16=bf16, micro_batch=cfg.micro_batch_size, grad_accum=cfg.grad_accum,
+    )
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            par.load(Path(directory) / "state")
+            progress = json.loads((Path(directory) / "progress.json").read_text())
+
+    # 3. Train.
+    tokens_per_step = cfg.micro_batch_size * cfg.grad_accum * train_blocks.shape[1] * world
+    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    for step in range(progress["step"], cfg.max_steps):
+        for micro in range(cfg.grad_accum):
+            batch = _batch(train_blocks, step * cfg.grad_accum + micro, cfg.micro_batch_size, rank, world, cfg.seed).to(device)
+            with torch.autocast(device.type, torch.bfloat16, enabled=par.autocast):
+                loss = par.model(input_ids=batch, labels=batch).loss
+            par.backward(loss)
+            window_loss += loss.item() / cfg.grad_accum
+        grad_norm = par.step()
+        window_steps += 1
+        done = step + 1
+        progress["step"] = done
+        last = done == cfg.max_steps
+        if done % cfg.log_every and done % cfg.eval_every and done % cfg.checkpoint_every and not last:
+            continue
+
+        # 4. Report: loss, learning rate, throughput; validation loss; a checkpoint.
+        elapsed = time.perf_counter() - window_start
+        metrics = {
+            "step": done,
+            "loss": _mean_over_workers(window_loss / window_steps),
+            "lr": par.lr(),
+            "grad_norm": grad_norm,
+            "tokens_per_s": tokens_per_step * window_steps / elapsed,
+        }
+        if done % cfg.eval_every == 0 or last:
+            metrics["val_loss"] = _validation_loss(par.model, val_blocks, cfg.micro_batch_size, rank, world, device)
+        if last:
+            metrics.update(_finish(par, tokenizer, cfg, progress, val_stream, rank))
+            _report(metrics, par, progress, rank, cfg.strategy, export=metrics.pop("_export"))
+        elif done % cfg.checkpoint_every == 0:
+            _report(metrics, par, progress, rank, cfg.strategy)
+        else:
+            ray.train.report(metrics)
+        window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+
+
+def _batch(blocks: np.ndarray, index: int, size: int, rank: int, world: int, seed: int) -> torch.Tensor:
+    """Micro-batch ``index`` of this worker: [size, block] int64. Epochs reshuffle by seed."""
+    per_rank = len(blocks) // world
+    per_epoch = max(1, per_rank // size)
+    epoch, position = divmod(index, per_epoch)
+    order = np.random.default_rng(seed + epoch).permutation(len(blocks))[rank::world][:per_rank]
+    rows = order[(position * size) % per_rank : (position * size) % per_rank + size]
+    return torch.from_numpy(blocks[rows].astype(np.int64))
+
+
+@torch.no_grad()
+def _validation_loss(model, blocks: np.ndarray, size: int, rank: int, world: int, device) -> float:
+    """Mean token loss on the validation blocks, split evenly so every worker runs the same passes."""
+    per_rank = len(blocks) // world
+    mine = blocks[rank * per_rank : (rank + 1) * per_rank]
+    total, count = 0.0, 0
+    model.eval()
+    for start in range(0, per_rank, size):
+        batch = torch.from_numpy(mine[start : start + size].astype(np.int64)).to(device)
+        total += model(input_ids=batch, labels=batch).loss.item() * len(batch)
+        count += len(batch)
+    model.train()
+    return _mean_over_workers(total / max(count, 1))
+
+
+def _mean_over_workers(value: float) -> float:
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(tensor)  # gloo reduces CPU tensors on every backend Ray Train sets up here
+    return float(tensor.item()) / dist.get_world_size()
+
+
+def _finish(par, tokenizer, cfg: PretrainConfig, progress: dict, val_stream: torch.Tensor, rank: int) -> dict:
+    """Gather the whole model (collective), export it on rank 0 in HF format, score it."""
+    weights = par.full_state_dict()
+    if rank != 0:
+        return {"_export": None}
+    model = build_causal_lm(cfg.model, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.seed)
+    model.load_state_dict(weights, strict=False)  # tied lm_head may be absent; it follows wte
+    model.tie_weights()
+    export = Path(tempfile.mkdtemp(prefix="pretrain-export-"))
+    model.save_pretrained(export / "model")  # safetensors
+    tokenizer.save_pretrained(export / "model")
+    ppl = perplexity(model, val_stream, cfg.model.n_positions, max_tokens=cfg.eval_tokens)
+    initial = progress["ppl_initial"]
+    return {"_export": export, "ppl_initial": initial, "ppl_final": ppl, "ppl_ratio": ppl / initial if initial else math.nan}
+
+
+def _report(metrics: dict, par, progress: dict, rank: int, strategy: str, export: Path | None = None) -> None:
+    """Save the resumable state (every rank for DeepSpeed, rank 0 otherwise) and report it."""
+    directory = export or Path(tempfile.mkdtemp(prefix="pretrain-ckpt-"))
+    par.save(directory / "state")
+    writes = rank == 0 or strategy == "deepspeed"
+    if rank == 0:
+        (directory / "progress.json").write_text(json.dumps(progress))
+    checkpoint = ray.train.Checkpoint.from_directory(str(directory)) if writes else None
+    ray.train.report(metrics, checkpoint=checkpoint)

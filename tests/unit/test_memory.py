@@ -1,0 +1,312 @@
+"""Training-memory planner: the source document's figures, DeepSpeed agreement, sharding,
+the recommender, config parameter counts and the ``plan`` CLI. No Ray."""
+
+import argparse
+import json
+import re
+
+import pytest
+
+from components.core import memory
+from components.core.memory import GB
+from workflows.plan import add_plan_parser, parse_param_count, run_plan
+
+# --- the source document's figures -----------------------------------------------------------
+
+
+def test_storage_reproduces_the_document():
+    assert memory.storage_bytes(1e9, "fp32") == 4 * GB
+    assert memory.storage_bytes(1e9, "bf16") == 2 * GB
+    assert memory.storage_bytes(1e9, "fp16") == 2 * GB
+    assert memory.storage_bytes(1e9, "int8") == 1 * GB
+    assert memory.storage_table(1e9) == {"fp32": 4 * GB, "16-bit": 2 * GB, "8-bit": 1 * GB}
+    with pytest.raises(ValueError, match="unknown precision"):
+        memory.storage_bytes(1e9, "fp8")
+
+
+def test_document_training_breakdown_and_its_two_totals():
+    assert memory.DOC_TRAINING_BREAKDOWN_FP32 == {
+        "weights": 4, "gradients": 4, "adam_states": 8, "activations_and_temp": 8,
+    }
+    assert memory.doc_training_bytes_per_param() == 24  # 4 to store + 20 extra
+    assert memory.doc_training_bytes_by_breakdown(1e9) == 24 * GB  # = 6x the 4 GB of weights
+    assert memory.doc_training_bytes_headline(1e9) == 80 * GB  # the document's 4 GB x 20
+
+
+def test_rule_of_thumb_explanation_shows_both_readings():
+    text = memory.rule_of_thumb_explanation(1e9)
+    for needle in ("4 GB", "24 bytes", "6x", "24 GB", "80 GB", "80 bytes/param", "20 *extra bytes", "16 bytes/param"):
+        assert needle in text, needle
+
+
+def test_fp32_ddp_model_states_follow_the_document():
+    e = memory.estimate(1e9, "fp32", "ddp", devices=1)
+    assert (e.weights, e.gradients, e.optimizer_states) == (4 * GB, 4 * GB, 8 * GB)
+    assert e.total == 16 * GB + e.activations
+    mixed = memory.estimate(1e9, "bf16", "ddp")
+    assert (mixed.weights, mixed.gradients, mixed.optimizer_states) == (2 * GB, 2 * GB, 12 * GB)
+
+
+# --- agreement with DeepSpeed's estimator ------------------------------------------------------
+
+SIZES = [int(1e6), int(1.24e8), int(1e9)]
+
+
+@pytest.fixture(scope="module")
+def ds():
+    from deepspeed.runtime.zero import stage3, stage_1_and_2
+
+    return stage_1_and_2, stage3
+
+
+@pytest.mark.parametrize("n_params", SIZES)
+@pytest.mark.parametrize("devices", [1, 2, 8])
+@pytest.mark.parametrize("offload", [False, True])
+def test_zero2_matches_deepspeed(ds, n_params, devices, offload):
+    cpu, gpu = ds[0].estimate_zero2_model_states_mem_needs(
+        total_params=n_params, num_gpus_per_node=devices, cpu_offload=offload
+    )
+    ours = memory.zero_model_states_bytes(n_params, 2, devices, cpu_offload=offload)
+    assert (ours.gpu_bytes, ours.cpu_bytes) == (gpu, cpu)
+    assert ours.weights + ours.gradients + ours.optimizer_states == ours.gpu_bytes
+
+
+@pytest.mark.parametrize("n_params", SIZES)
+@pytest.mark.parametrize("devices", [1, 2, 8])
+@pytest.mark.parametrize("offload", [False, True])
+def test_zero3_matches_deepspeed(ds, n_params, devices, offload):
+    largest = n_params // 20
+    cpu, gpu, _ = ds[1].estimate_zero3_model_states_mem_needs(
+        total_params=n_params, largest_layer_params=largest, num_gpus_per_node=devices,
+        cpu_offload=offload, cpu_offload_params=offload,
+    )
+    ours = memory.zero_model_states_bytes(n_params, 3, devices, cpu_offload=offload, largest_layer_params=largest)
+    assert (ours.gpu_bytes, ours.cpu_bytes) == (gpu, cpu)
+    assert ours.weights + ours.gradients + ours.optimizer_states == ours.gpu_bytes
+
+
+@pytest.mark.parametrize("zero_init", [True, False])
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_zero3_optimizer_only_offload_and_multi_node_match_deepspeed(ds, zero_init, nodes):
+    p, largest, per_node = int(1e9), int(5e7), 4
+    for offload, offload_params in ((True, False), (True, True), (False, False)):
+        cpu, gpu, _ = ds[1].estimate_zero3_model_states_mem_needs(
+            p, largest, num_gpus_per_node=per_node, num_nodes=nodes, cpu_offload=offload,
+            cpu_offload_params=offload_params, zero_init=zero_init,
+        )
+        ours = memory.zero_model_states_bytes(
+            p, 3, per_node * nodes, offload, largest, nodes=nodes, offload_params=offload_params, zero_init=zero_init,
+        )
+        assert (ours.gpu_bytes, ours.cpu_bytes) == (gpu, cpu)
+
+
+def _printed_gpu_gib(text):
+    return [float(m) for m in re.findall(r"\|\s+([0-9.]+)GB \|", text)]
+
+
+def test_all_cold_printers_show_our_figures(ds, capsys):
+    # The printers DeepSpeed documents (GiB, two decimals, offload row first).
+    ds[0].estimate_zero2_model_states_mem_needs_all_cold(int(1e9), num_gpus_per_node=8)
+    ds[1].estimate_zero3_model_states_mem_needs_all_cold(int(1e9), int(5e7), num_gpus_per_node=8)
+    printed = _printed_gpu_gib(capsys.readouterr().out)
+    z2 = [memory.zero_model_states_bytes(1e9, 2, 8, off).gpu_bytes for off in (True, False)]
+    z3_offload = memory.zero_model_states_bytes(1e9, 3, 8, True, int(5e7)).gpu_bytes
+    z3 = memory.zero_model_states_bytes(1e9, 3, 8, False, int(5e7)).gpu_bytes
+    assert printed[:2] == [round(b / 2**30, 2) for b in z2]
+    assert printed[2] == round(z3_offload / 2**30, 2)
+    assert printed[-1] == round(z3 / 2**30, 2)
+
+
+def test_zero_stage1_sits_between_stage0_and_stage2():
+    s0, s1, s2 = (memory.zero_model_states_bytes(1e9, s, 8).gpu_bytes for s in (0, 1, 2))
+    assert s0 == 20 * GB  # DeepSpeed's accounting with nothing sharded
+    assert s1 == 4 * GB + 16 * GB // 8  # 16-bit weights and grads whole, the rest sharded
+    assert s2 == 2 * GB + 18 * GB // 8
+    with pytest.raises(ValueError, match="largest_layer_params"):
+        memory.zero_model_states_bytes(1e9, 3, 8)
+    with pytest.raises(ValueError, match="offload"):
+        memory.zero_model_states_bytes(1e9, 0, 8, cpu_offload=True)
+
+
+# --- sharding ------------------------------------------------------------------------------------
+
+
+def test_sharding_divides_by_devices():
+    kw = dict(n_layers=24, hidden=2048, batch=2, seq=512, largest_layer_params=0)
+    one = memory.estimate(1e9, "bf16", "fsdp", devices=1, **kw)
+    eight = memory.estimate(1e9, "bf16", "fsdp", devices=8, **kw)
+    for part in ("weights", "gradients", "optimizer_states"):
+        assert getattr(eight, part) == getattr(one, part) // 8
+    assert eight.activations == one.activations  # each device still runs its own micro-batch
+
+    def parts(stage):
+        e = memory.estimate(1e9, "fp32", "deepspeed", stage, devices=4, **kw)
+        return e.weights, e.gradients, e.optimizer_states
+
+    assert parts(0) == (4 * GB, 4 * GB, 8 * GB)
+    assert parts(1) == (4 * GB, 4 * GB, 2 * GB)
+    assert parts(2) == (4 * GB, 1 * GB, 2 * GB)
+    assert parts(3) == (1 * GB, 1 * GB, 2 * GB)
+
+
+def test_sixteen_bit_deepspeed_uses_deepspeeds_accounting():
+    e = memory.estimate(1e9, "bf16", "deepspeed", 2, devices=8, n_layers=24, hidden=2048)
+    z = memory.zero_model_states_bytes(1e9, 2, 8)
+    assert e.weights + e.gradients + e.optimizer_states == z.gpu_bytes
+    assert e.total == z.gpu_bytes + e.activations
+
+
+def test_activations_follow_korthikanti():
+    assert memory.activation_bytes(2, 512, 24, 2048, "bf16") == 24 * 34 * 512 * 2 * 2048
+    assert memory.activation_bytes(2, 512, 24, 2048, "fp32") == 2 * 24 * 34 * 512 * 2 * 2048
+    eager = memory.activation_bytes(1, 512, 1, 2048, "bf16", n_heads=16)
+    assert eager == 34 * 512 * 2048 + 5 * 16 * 512 * 512
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="int8"):
+        memory.estimate(1e9, "int8")
+    with pytest.raises(ValueError, match="strategy"):
+        memory.estimate(1e9, strategy="zero")
+    with pytest.raises(ValueError, match="DDP"):
+        memory.estimate(1e9, strategy="ddp", cpu_offload=True)
+    with pytest.raises(ValueError, match="positive"):
+        memory.estimate(0)
+
+
+# --- the recommender ----------------------------------------------------------------------------
+
+
+def test_recommends_ddp_when_a_replica_fits():
+    r = memory.recommend_strategy(1.24e8, "bf16", devices=4, device_memory_bytes=80 * GB)
+    assert r.strategy == "ddp" and "fits" in r.reason
+    assert memory.estimate(1.24e8, "bf16", devices=4).recommendation.strategy == "ddp"
+
+
+def test_recommends_fsdp_when_only_sharded_fits():
+    r = memory.recommend_strategy(7e9, "bf16", devices=8, device_memory_bytes=80 * GB)
+    assert (r.strategy, r.stage, r.cpu_offload) == ("fsdp", 3, False)
+    assert r.per_device_bytes <= 80 * GB and "FSDP" in r.reason
+
+
+def test_recommends_offload_when_even_sharded_does_not_fit():
+    r = memory.recommend_strategy(7e9, "bf16", devices=1, device_memory_bytes=80 * GB)
+    assert (r.strategy, r.stage, r.cpu_offload) == ("deepspeed", 3, True)
+    r = memory.recommend_strategy(70e9, "bf16", devices=8, device_memory_bytes=10 * GB, batch=64, seq=4096)
+    assert r.reason.startswith("Does not fit")
+
+
+# --- parameter counts from configs ----------------------------------------------------------------
+
+TINY_GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_head": 4, "vocab_size": 1000,
+             "n_positions": 128, "bos_token_id": 0, "eos_token_id": 0}
+
+
+def test_param_count_of_tiny_gpt2_matches_the_real_model():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    size = memory.count_params_from_config(TINY_GPT2)
+    real = GPT2LMHeadModel(GPT2Config(**{k: v for k, v in TINY_GPT2.items() if k != "model_type"}))
+    assert size.n_params == real.num_parameters()
+    assert (size.n_layers, size.hidden) == (2, 64)
+    assert size.largest_layer_params == 1000 * 64  # the tied token embedding
+
+
+def test_param_count_of_tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 172, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "vocab_size": 1000, "bos_token_id": 0, "eos_token_id": 0}
+    size = memory.count_params_from_config({"model_type": "llama", **cfg})
+    assert size.n_params == LlamaForCausalLM(LlamaConfig(**cfg)).num_parameters()
+    assert (size.n_layers, size.hidden) == (2, 64)
+
+
+# --- the plan CLI -----------------------------------------------------------------------------------
+
+
+def _run(argv):
+    parser = argparse.ArgumentParser(prog="lifecycle")
+    add_plan_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["plan", *argv])
+    return run_plan(args)
+
+
+@pytest.mark.parametrize("text,value", [
+    ("1e9", 10**9), ("124M", 124 * 10**6), ("1B", 10**9), ("1.3b", 13 * 10**8), ("350K", 350_000),
+    ("124_000_000", 124 * 10**6), ("7,000,000", 7 * 10**6), ("2T", 2 * 10**12),
+])
+def test_parse_param_count(text, value):
+    assert parse_param_count(text) == value
+
+
+def test_plan_json_for_1b_fp32_ddp(capsys):
+    assert _run(["--params", "1B", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["inputs"]["n_params"] == 10**9
+    b = plan["per_device_bytes"]
+    assert (b["weights"], b["gradients"], b["optimizer_states"]) == (4 * GB, 4 * GB, 8 * GB)
+    assert b["total"] == sum(b[k] for k in ("weights", "gradients", "optimizer_states", "activations"))
+    assert plan["storage_gb"] == {"fp32": 4.0, "16-bit": 2.0, "8-bit": 1.0}
+    assert plan["doc_rule_of_thumb"]["breakdown_gb"] == 24.0
+    assert plan["doc_rule_of_thumb"]["headline_gb"] == 80.0
+    assert plan["recommendation"]["strategy"] == "ddp"
+
+
+def test_plan_table(capsys):
+    assert _run(["--params", "7B", "--precision", "bf16", "--devices", "8", "--strategy", "fsdp"]) == 0
+    out = capsys.readouterr().out
+    for needle in ("weights", "optimizer states", "activations", "total", "16-bit 14 GB", "FSDP"):
+        assert needle in out, needle
+
+
+def test_plan_from_config_files(tmp_path, capsys):
+    # The same tiny GPT-2 four ways: config.json, a YAML pointing at it, an inline HF block,
+    # and this project's workflow spec (pretrain ModelConfig + tokenizer vocab).
+    (tmp_path / "config.json").write_text(json.dumps(TINY_GPT2))
+    (tmp_path / "pointer.yaml").write_text("model: {config: config.json}\n")
+    (tmp_path / "inline.yaml").write_text("model:\n  type: gpt2\n  n_layer: 2\n  n_embd: 64\n  n_head: 4\n"
+                                          "  vocab_size: 1000\n  n_positions: 128\n  bos_token_id: 0\n  eos_token_id: 0\n")
+    (tmp_path / "spec.yaml").write_text(
+        "name: t\nsteps:\n"
+        "  tok: {uses: tokenizer, with: {vocab_size: 1000}}\n"
+        "  pretrain:\n    uses: pretrain\n    with:\n      micro_batch_size: 4\n"
+        "      model: {n_layer: 2, n_embd: 64, n_head: 4, n_positions: 128}\n"
+    )
+    want = memory.count_params_from_config(TINY_GPT2).n_params
+    for name in ("config.json", "pointer.yaml", "inline.yaml", "spec.yaml"):
+        assert _run(["--model", str(tmp_path / name), "--json"]) == 0
+        plan = json.loads(capsys.readouterr().out)
+        assert plan["inputs"]["n_params"] == want, name
+        assert plan["inputs"]["n_layers"] == 2 and plan["inputs"]["hidden"] == 64
+    assert (plan["inputs"]["batch"], plan["inputs"]["seq"]) == (4, 128)  # the spec's own micro-batch and context
+    (tmp_path / "bad.yaml").write_text("model: {n_layer: 2, bogus: 1}\n")
+    assert _run(["--model", str(tmp_path / "bad.yaml")]) == 2
+    assert "model.bogus" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--params", "12X"], "--params"),
+    (["--params", "-5"], "--params"),
+    (["--params", "1B", "--precision", "int8"], "int8"),
+    (["--params", "1B", "--stage", "2"], "deepspeed"),
+    (["--params", "1B", "--devices", "0"], "--devices"),
+    (["--params", "1B", "--batch", "0"], "batch"),
+    (["--params", "1B", "--device-memory", "0"], "--device-memory"),
+    (["--model", "/nonexistent/config.json"], "No such file"),
+])
+def test_plan_bad_input_exits_2_with_one_line(argv, needle, capsys):
+    assert _run(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.startswith("lifecycle plan: error:")
+    assert needle in captured.err
+
+
+def test_plan_argparse_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        _run(["--params", "1B", "--strategy", "zero"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        _run([])  # neither --params nor --model
+    assert exc.value.code == 2

@@ -1,0 +1,135 @@
+"""The `lifecycle` command: run, validate, plan, lineage, status.
+
+Exit codes: 0 success, 1 a step failed, 2 bad input (nothing started, nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from workflows.plan import add_plan_parser, run_plan
+from workflows.spec import SpecError, load_spec
+
+DEFAULT_WORKDIR = os.environ.get("LIFECYCLE_WORKDIR", ".lifecycle")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lifecycle", description="Take a language model from raw text to a live endpoint on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a workflow spec (validated completely first)")
+    run.add_argument("spec", help="workflow YAML, e.g. workflows/tiny.yaml")
+    run.add_argument("overrides", nargs="*", help="KEY.SUB=VALUE, e.g. pretrain.max_steps=100 or scale.workers=1")
+    run.add_argument("--workdir", default=DEFAULT_WORKDIR, help="everything the run writes goes here (default ./.lifecycle)")
+    run.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to use (default: RAY_ADDRESS, else start a local Ray)")
+
+    check = sub.add_parser("validate", help="validate a spec and its overrides without running anything")
+    check.add_argument("spec")
+    check.add_argument("overrides", nargs="*")
+
+    add_plan_parser(sub)
+
+    lineage = sub.add_parser("lineage", help="walk a run or registered model back to its datasets")
+    lineage.add_argument("ref", help="an MLflow run id or models:/NAME/VERSION (or models:/NAME/@ALIAS)")
+    lineage.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    lineage.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    status = sub.add_parser("status", help="recent workflow runs and their steps")
+    status.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    status.add_argument("--limit", type=int, default=5)
+    status.add_argument("--json", action="store_true")
+
+    args = parser.parse_args(argv)
+    console = Console()
+    try:
+        if args.command == "plan":
+            return run_plan(args)
+        if args.command == "validate":
+            resolved = load_spec(args.spec, args.overrides)
+            console.print(f"{args.spec}: valid, steps in order: {' -> '.join(resolved.order)}")
+            return 0
+        if args.command == "run":
+            return _run(args, console)
+        if args.command == "lineage":
+            return _lineage(args, console)
+        if args.command == "status":
+            return _status(args, console)
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 2
+
+
+def _run(args, console: Console) -> int:
+    resolved = load_spec(args.spec, args.overrides)  # before anything starts or is written
+    from workflows import engine
+    from workflows.progress import Display, summary_table
+
+    with Display(console) as display:
+        run_id, outcomes = engine.run(resolved, Path(args.workdir), args.address, display)
+    console.print(summary_table(outcomes, run_id))
+    failed = [o for o in outcomes if o.state == "failed"]
+    for o in failed:
+        console.print(f"[red]step {o.step} failed:[/red] {o.error}")
+    return 1 if failed else 0
+
+
+def _tracking_uri(workdir: str) -> str:
+    from components import tracking
+
+    if not os.environ.get("MLFLOW_TRACKING_URI") and not (Path(workdir) / "mlflow.db").exists():
+        raise SpecError(f"{workdir}: no lifecycle runs here (no mlflow.db); pass --workdir or set MLFLOW_TRACKING_URI")
+    return tracking.tracking_uri_for(Path(workdir))
+
+
+def _lineage(args, console: Console) -> int:
+    from rich.table import Table
+
+    from components import tracking
+
+    try:
+        chain = tracking.lineage(_tracking_uri(args.workdir), args.ref)
+    except SpecError:
+        raise
+    except Exception as e:  # unknown run or model version
+        raise SpecError(f"{args.ref}: not found in {args.workdir}: {str(e).splitlines()[0]}") from None
+    if args.json:
+        print(json.dumps(chain, indent=1))
+        return 0
+    table = Table(title=f"lineage of {args.ref}")
+    for col in ("step", "phase", "run id", "model", "datasets (digest)", "inputs"):
+        table.add_column(col)
+    for node in chain:
+        datasets = "\n".join(f"{d['name']} ({d['digest']})" for d in node["datasets"])
+        table.add_row(node["step"], node["phase"], node["run_id"], node["model"], datasets, ",".join(i[:8] for i in node["inputs"]))
+    console.print(table)
+    return 0
+
+
+def _status(args, console: Console) -> int:
+    from rich.table import Table
+
+    from components import tracking
+
+    runs = tracking.recent_workflows(_tracking_uri(args.workdir), args.limit)
+    if args.json:
+        print(json.dumps(runs, indent=1))
+        return 0
+    for run in runs:
+        table = Table(title=f"{run['workflow']}  {run['run_id']}  {run['status']}")
+        for col in ("step", "state", "MLflow run", "headline"):
+            table.add_column(col)
+        for step in run["steps"]:
+            table.add_row(step["step"], step["state"], step["run_id"] or "", step["headline"] or "")
+        console.print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Run a validated workflow as Ray core dataflow, with caching and MLflow lineage.
+
+Each step is one ``ray.remote`` task that receives its upstream steps' ObjectRefs, so
+independent branches run at once and Ray places them; the step task reserves no CPU
+(the Ray Train workers it starts do). A step whose cache key has a FINISHED MLflow run
+with its artifact still on disk is not run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from components import tracking
+from components.artifact import Artifact, StepContext
+from workflows.phases import PHASES, load
+from workflows.spec import Resolved
+
+CODE_ROOTS = ("components", "workflows")
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Hash of every Python source file of the project: a code change invalidates the cache."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent
+    for top in CODE_ROOTS:
+        for path in sorted((root / top).rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_keys(resolved: Resolved) -> dict[str, str]:
+    """hash(phase, canonical config, scale, upstream keys, code version) for every step."""
+    keys: dict[str, str] = {}
+    for name in resolved.order:
+        step = resolved.spec.steps[name]
+        payload = {
+            "phase": step.uses,
+            "config": resolved.configs[name].model_dump(mode="json"),
+            "scale": resolved.spec.scale.model_dump(),
+            "upstream": {need: keys[need] for need in sorted(step.needs)},
+            "code": code_version(),
+        }
+        keys[name] = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+    return keys
+
+
+@ray.remote(num_cpus=0)
+class ProgressBoard:
+    """Shared state of the live table: steps and training callbacks write, the driver reads."""
+
+    def __init__(self):
+        self.rows: dict[str, dict[str, Any]] = {}
+
+    def update(self, step: str, fields: dict[str, Any]) -> None:
+        self.rows.setdefault(step, {}).update(fields)
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        return self.rows
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def execute_step(job: dict[str, Any], board, *upstream: Artifact) -> Artifact:
+    """Run one step (or reuse its cached artifact) inside a Ray task; returns its Artifact."""
+    name, uri, key = job["step"], job["tracking_uri"], job["cache_key"]
+    cached = tracking.find_cached(uri, key)
+    if cached is not None:
+        board.update.remote(name, {"state": "cached", "headline": cached.headline, "run_id": cached.run_id})
+        return dataclasses.replace(cached, cached=True)
+    tracking.close_stale_runs(uri, key)  # left RUNNING by a driver that was killed
+    inputs = dict(zip(job["needs"], upstream))
+    run_id = tracking.start_step_run(
+        uri, job["parent_run_id"], name, job["phase"], key, [a.run_id for a in upstream], job["spec_sha"], job["config"]
+    )
+    board.update.remote(name, {"state": "running", "started": time.time(), "run_id": run_id})
+    workdir = Path(job["workdir"])
+    final = workdir / "artifacts" / f"{name}-{key[:16]}"
+    scratch = workdir / "artifacts" / ".partial" / f"{name}-{key[:16]}-{uuid.uuid4().hex[:8]}"
+    scratch.mkdir(parents=True)
+    phase = PHASES[job["phase"]]
+    ctx = StepContext(
+        step=name, phase=job["phase"], workdir=workdir, output_dir=scratch, storage_path=workdir / "ray_storage",
+        tracking_uri=uri, run_id=run_id, cache_key=key, **job["scale"],
+        progress=lambda metrics: board.update.remote(name, {"metrics": metrics}),
+    )
+    try:
+        cfg = load(phase.config).model_validate(job["config"])
+        artifact = load(phase.run)(cfg, inputs, ctx)
+        # Only a complete artifact takes the final name; a crash leaves just the scratch dir.
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(scratch, final)
+        artifact = dataclasses.replace(artifact, uri=str(final))
+        if artifact.kind == "model":
+            version = tracking.register_model(uri, run_id, f"{job['workflow']}-{name}", final.as_uri())
+            artifact = dataclasses.replace(artifact, headline=f"{artifact.headline} (v{version})".strip())
+        tracking.finish_step(uri, run_id, artifact)
+    except BaseException:
+        tracking.end_run(uri, run_id, "FAILED")
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    board.update.remote(name, {"state": "done", "headline": artifact.headline, "ended": time.time()})
+    return artifact
+
+
+@dataclasses.dataclass
+class StepOutcome:
+    step: str
+    phase: str
+    state: str  # done | cached | failed
+    seconds: float
+    artifact: Artifact | None = None
+    error: str | None = None
+
+
+def start_ray(address: str | None) -> bool:
+    """Connect to ``address`` / RAY_ADDRESS, or start an embedded local Ray. Returns True if we started it."""
+    if ray.is_initialized():
+        return False
+    # Worker output would tear the live table; it stays in Ray's session logs.
+    ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
+    return True
+
+
+def run(resolved: Resolved, workdir: Path, address: str | None = None, display=None) -> tuple[str, list[StepOutcome]]:
+    """Execute the workflow; returns the workflow's MLflow run id and one outcome per step.
+
+    display: an object with ``update(rows)`` called while steps run (see workflows.progress).
+    """
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    uri = tracking.tracking_uri_for(workdir)
+    keys = cache_keys(resolved)
+    parent = tracking.start_workflow_run(uri, workdir, resolved.spec.name, resolved.sha, resolved.document, _git_commit())
+    started_ray = start_ray(address)
+    board = ProgressBoard.remote()
+    refs: dict[str, ray.ObjectRef] = {}
+    for name in resolved.order:
+        step = resolved.spec.steps[name]
+        job = {
+            "step": name, "phase": step.uses, "workflow": resolved.spec.name, "cache_key": keys[name],
+            "config": resolved.configs[name].model_dump(mode="json"), "needs": step.needs, "spec_sha": resolved.sha,
+            "parent_run_id": parent, "tracking_uri": uri, "workdir": str(workdir), "scale": resolved.spec.scale.model_dump(),
+        }
+        board.update.remote(name, {"phase": step.uses, "state": "waiting"})
+        refs[name] = execute_step.options(name=f"step:{name}").remote(job, board, *(refs[n] for n in step.needs))
+
+    outcomes: dict[str, StepOutcome] = {}
+    pending = list(refs.values())
+    names = {ref: name for name, ref in refs.items()}
+    status = "FINISHED"
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+            rows = ray.get(board.snapshot.remote())
+            for ref in ready:
+                name = names[ref]
+                row = rows.get(name, {})
+                seconds = row.get("ended", time.time()) - row.get("started", time.time())
+                try:
+                    artifact = ray.get(ref)
+                    outcomes[name] = StepOutcome(name, row.get("phase", ""), "cached" if artifact.cached else "done", seconds, artifact)
+                except ray.exceptions.RayError as e:
+                    outcomes[name] = StepOutcome(name, row.get("phase", ""), "failed", seconds, error=_cause(e))
+                    ray.get(board.update.remote(name, {"state": "failed", "headline": outcomes[name].error[:80]}))
+                    status = "FAILED"
+            if display is not None:
+                display.update(ray.get(board.snapshot.remote()))
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracking.set_tags(uri, parent, {"lifecycle.summary": json.dumps({o.step: _summary(o) for o in outcomes.values()})})
+        tracking.end_run(uri, parent, status)
+        if started_ray:
+            ray.shutdown()
+    return parent, [outcomes[n] for n in resolved.order]
+
+
+def _summary(outcome: StepOutcome) -> dict[str, Any]:
+    a = outcome.artifact
+    return {"state": outcome.state, "seconds": round(outcome.seconds, 1), "run_id": a.run_id if a else None,
+            "headline": a.headline if a else outcome.error}
+
+
+def _cause(error: Exception) -> str:
+    """The innermost message of a Ray error chain (a failed upstream step shows up here too)."""
+    cause = getattr(error, "cause", None)
+    while getattr(cause, "cause", None) is not None:
+        cause = cause.cause
+    text = str(cause or error).strip().splitlines()
+    return text[-1] if text else type(error).__name__
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except OSError:
+        return None

@@ -1,0 +1,43 @@
+"""The phases a step may use: where its config and run function live, what it needs.
+
+A plain table, read by the validator (configs only: cheap to import) and by the engine
+(run functions: imported inside the Ray task that runs the step).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Phase:
+    config: str  # "module:Class" of the pydantic config
+    run: str  # "module:function" with the step contract
+    needs: tuple[str, ...]  # artifact kinds it consumes, one upstream each
+    produces: str  # artifact kind it returns
+    summary: str
+    check: str | None = None  # "module:function" run on the config before Ray starts
+
+
+PHASES: dict[str, Phase] = {
+    "data": Phase(
+        "components.data.config:DataConfig", "components.data.step:run_data", (), "dataset",
+        "load a text corpus and split it train/validation by a seeded hash",
+        check="components.data.step:check_data",
+    ),
+    "tokenizer": Phase(
+        "components.data.config:TokenizerConfig", "components.data.step:run_tokenizer", ("dataset",), "tokenizer",
+        "train a byte-level BPE tokenizer on the training split",
+    ),
+    "pretrain": Phase(
+        "components.pretrain.config:PretrainConfig", "components.pretrain.step:run", ("dataset", "tokenizer"), "model",
+        "pretrain a causal LM with Ray Train (FSDP2, DDP or DeepSpeed)",
+    ),
+}
+
+
+def load(ref: str):
+    """Import ``module:attr``."""
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)

@@ -1,0 +1,80 @@
+"""What the person at the terminal sees: a live step table, then a summary table."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+STATE_STYLE = {"waiting": "dim", "running": "yellow", "done": "green", "cached": "cyan", "failed": "bold red"}
+
+
+def _metric(row: dict[str, Any]) -> str:
+    if row.get("headline"):
+        return str(row["headline"])
+    m = row.get("metrics") or {}
+    parts = []
+    if "step" in m:
+        parts.append(f"step {int(m['step'])}")
+    if "loss" in m:
+        parts.append(f"loss {m['loss']:.3f}")
+    if "tokens_per_s" in m:
+        parts.append(f"{m['tokens_per_s']:.0f} tok/s")
+    return ", ".join(parts)
+
+
+def live_table(rows: dict[str, dict[str, Any]]) -> Table:
+    table = Table(title="lifecycle", expand=False)
+    for col in ("step", "phase", "state", "elapsed", "metric"):
+        table.add_column(col)
+    now = time.time()
+    for name, row in rows.items():
+        state = row.get("state", "waiting")
+        elapsed = (row.get("ended") or now) - row["started"] if "started" in row else 0.0
+        table.add_row(name, row.get("phase", ""), f"[{STATE_STYLE.get(state, '')}]{state}", f"{elapsed:.0f}s" if elapsed else "", _metric(row))
+    return table
+
+
+class Display:
+    """Live table on a terminal; one line per state change elsewhere (CI logs, pipes)."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console()
+        self.live = Live(console=self.console, refresh_per_second=4, transient=True) if self.console.is_terminal else None
+        self.seen: dict[str, str] = {}
+
+    def __enter__(self):
+        if self.live:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live:
+            self.live.__exit__(*exc)
+
+    def update(self, rows: dict[str, dict[str, Any]]) -> None:
+        if self.live:
+            self.live.update(live_table(rows))
+            return
+        for name, row in rows.items():
+            state = row.get("state", "waiting")
+            if self.seen.get(name) != state and state != "waiting":
+                self.seen[name] = state
+                self.console.print(f"[{time.strftime('%H:%M:%S')}] {name}: {state} {_metric(row)}", highlight=False)
+            elif state == "running" and row.get("metrics") and self.seen.get(name + "/m") != str(row["metrics"].get("step")):
+                self.seen[name + "/m"] = str(row["metrics"].get("step"))
+                self.console.print(f"[{time.strftime('%H:%M:%S')}] {name}: {_metric(row)}", highlight=False)
+
+
+def summary_table(outcomes, workflow_run_id: str) -> Table:
+    table = Table(title=f"workflow run {workflow_run_id}")
+    for col in ("step", "phase", "state", "time", "MLflow run", "headline"):
+        table.add_column(col)
+    for o in outcomes:
+        run_id = o.artifact.run_id if o.artifact else ""
+        headline = o.artifact.headline if o.artifact else (o.error or "")
+        table.add_row(o.step, o.phase, f"[{STATE_STYLE.get(o.state, '')}]{o.state}", f"{o.seconds:.1f}s", run_id, headline)
+    return table

@@ -1,0 +1,203 @@
+"""The workflow spec: schema, overrides and complete validation before Ray starts.
+
+A spec is YAML::
+
+    name: tiny
+    scale: {workers: 2}
+    steps:
+      corpus:    {uses: data}
+      tokenizer: {uses: tokenizer, needs: [corpus], with: {vocab_size: 2048}}
+      pretrain:  {uses: pretrain, needs: [corpus, tokenizer]}
+
+Every error is a ``SpecError`` naming the file, the line when known, the step and
+the field, so the CLI can print one paragraph and exit 2 without starting anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from workflows.phases import PHASES, load
+
+
+class SpecError(ValueError):
+    """A spec that cannot run; the message names file, line, step and field."""
+
+
+class Scale(BaseModel):
+    """Resources per training step; the only block that changes between laptop and cluster."""
+
+    model_config = ConfigDict(extra="forbid")
+    workers: int = Field(2, ge=1, description="Ray Train workers per training step.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each training worker reserves.")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs each training worker reserves (0 on a laptop).")
+
+
+class StepSpec(BaseModel):
+    """One node of the DAG."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    uses: str = Field(description=f"Phase to run: one of {', '.join(PHASES)}.")
+    needs: list[str] = Field(default_factory=list, description="Names of upstream steps whose artifacts this one consumes.")
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with", description="Phase config: only what differs from its defaults.")
+
+
+class WorkflowSpec(BaseModel):
+    """A whole workflow: a name, a scale block and named steps."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Workflow name; prefixes registered model names.")
+    description: str = Field("", description="One line saying what the workflow is for.")
+    scale: Scale = Field(default_factory=Scale, description="Ray resources for training steps.")
+    steps: dict[str, StepSpec] = Field(min_length=1, description="Steps by name; order does not matter, needs does.")
+
+
+@dataclass
+class Resolved:
+    """A validated spec: typed phase configs and a topological order."""
+
+    path: str
+    spec: WorkflowSpec
+    configs: dict[str, BaseModel]
+    order: list[str]
+    document: dict[str, Any]
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha256(json.dumps(self.document, sort_keys=True).encode()).hexdigest()
+
+
+def load_spec(path: str | os.PathLike, overrides: list[str] = ()) -> Resolved:
+    """Read, override and validate a spec file completely; raises SpecError."""
+    path = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read the spec: {e.strerror}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise SpecError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(document, dict):
+        raise SpecError(f"{path}: a spec is a mapping with 'name' and 'steps', got {type(document).__name__}")
+    for item in overrides:
+        apply_override(document, item, path)
+    return validate(document, path, text)
+
+
+def apply_override(document: dict, item: str, path: str = "<spec>") -> None:
+    """Apply ``a.b.c=value`` in place. ``STEP.FIELD=v`` is short for ``steps.STEP.with.FIELD=v``.
+
+    The value is parsed as YAML, so ``lr=3e-4`` is a number and ``needs=[a,b]`` a list.
+    """
+    key, sep, raw = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise SpecError(f"override '{item}': expected KEY.SUBKEY=VALUE (e.g. pretrain.max_steps=100)")
+    parts = key.split(".")
+    steps = document.get("steps") or {}
+    if parts[0] in steps and parts[0] not in WorkflowSpec.model_fields:
+        parts = ["steps", parts[0]] + (parts[1:] if parts[1:2] in (["uses"], ["needs"], ["with"]) else ["with"] + parts[1:])
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise SpecError(f"override '{item}': the value is not valid YAML") from None
+    node = document
+    for part in parts[:-1]:
+        child = node.get(part) if isinstance(node, dict) else None
+        if child is None:
+            if part == parts[1] and parts[0] == "steps":
+                raise SpecError(f"override '{item}': {path} has no step '{part}' (steps: {', '.join(steps)})")
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise SpecError(f"override '{item}': '{part}' is not a mapping in {path}")
+        node = child
+    node[parts[-1]] = value
+
+
+def validate(document: dict, path: str, text: str = "") -> Resolved:
+    """Schema, phases, phase configs, needs, cycles and input kinds; raises SpecError."""
+    lines = _key_lines(text)
+    try:
+        spec = WorkflowSpec.model_validate(document)
+    except ValidationError as e:
+        raise SpecError(_explain(e, path, lines, ())) from None
+    configs: dict[str, BaseModel] = {}
+    for name, step in spec.steps.items():
+        where = ("steps", name)
+        phase = PHASES.get(step.uses)
+        if phase is None:
+            raise SpecError(_at(path, lines, where + ("uses",), f"step '{name}', field 'uses': unknown phase '{step.uses}' (known: {', '.join(PHASES)})"))
+        for need in step.needs:
+            if need not in spec.steps:
+                raise SpecError(_at(path, lines, where + ("needs",), f"step '{name}', field 'needs': no step named '{need}' (steps: {', '.join(spec.steps)})"))
+        try:
+            configs[name] = load(phase.config).model_validate(step.with_)
+        except ValidationError as e:
+            raise SpecError(_explain(e, path, lines, where + ("with",), step=name)) from None
+        if phase.check:
+            try:
+                configs[name] = load(phase.check)(configs[name])
+            except ValueError as e:  # DataError names the file and line itself
+                raise SpecError(_at(path, lines, where, f"step '{name}': {e}")) from None
+    try:
+        order = list(TopologicalSorter({n: s.needs for n, s in spec.steps.items()}).static_order())
+    except CycleError as e:
+        raise SpecError(f"{path}: the steps form a cycle: {' -> '.join(e.args[1])}") from None
+    for name, step in spec.steps.items():
+        got = sorted(PHASES[spec.steps[n].uses].produces for n in step.needs)
+        want = sorted(PHASES[step.uses].needs)
+        if got != want:
+            raise SpecError(
+                _at(path, lines, ("steps", name, "needs"),
+                    f"step '{name}', field 'needs': phase '{step.uses}' consumes {want or 'nothing'} "
+                    f"but its needs provide {got or 'nothing'}")
+            )
+    return Resolved(path, spec, configs, order, spec.model_dump(by_alias=True))
+
+
+def _explain(error: ValidationError, path: str, lines: dict, prefix: tuple, step: str | None = None) -> str:
+    first = error.errors()[0]
+    loc = tuple(str(p) for p in first["loc"])
+    field = ".".join(loc) or "(top level)"
+    got = f" (got {first['input']!r})" if first["type"] not in ("missing",) and not isinstance(first["input"], dict) else ""
+    who = f"step '{step}', field '{field}'" if step else f"field '{field}'"
+    more = f" [and {error.error_count() - 1} more]" if error.error_count() > 1 else ""
+    return _at(path, lines, prefix + loc, f"{who}: {first['msg']}{got}{more}")
+
+
+def _at(path: str, lines: dict, loc: tuple, message: str) -> str:
+    # The deepest key of loc that appears in the file gives the line.
+    for cut in range(len(loc), 0, -1):
+        if loc[:cut] in lines:
+            return f"{path}:{lines[loc[:cut]]}: {message}"
+    return f"{path}: {message}"
+
+
+def _key_lines(text: str) -> dict[tuple, int]:
+    """Map each key path of the YAML text, e.g. ('steps','pretrain','with','lr'), to its 1-based line."""
+    out: dict[tuple, int] = {}
+    try:
+        root = yaml.compose(text) if text else None
+    except yaml.YAMLError:
+        return out
+
+    def walk(node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                loc = prefix + (str(key.value),)
+                out[loc] = key.start_mark.line + 1
+                walk(value, loc)
+
+    walk(root, ())
+    return out
