@@ -4,7 +4,8 @@
 
 the exponentiated mean negative log-likelihood per predicted token. Texts longer than
 the model's context are scored with a sliding window: each window re-reads up to
-``context - stride`` tokens of history but only scores the ``stride`` new ones, so
+``context - stride`` tokens of history but only scores the ``stride`` new ones
+(stride < context, so at least one token of history), so
 every token is predicted exactly once and with as much context as fits.
 """
 
@@ -24,8 +25,9 @@ def token_nll(model: torch.nn.Module, tokens: torch.Tensor, context: int, stride
     scoring this many (for cheap estimates). The first token has no prediction.
     """
     stride = stride or max(1, context // 2)
-    if not 0 < stride <= context:
-        raise ValueError(f"stride must be in 1..context ({context}), got {stride}")
+    if not 0 < stride < context:
+        # A window must keep one token of history before its first scored token.
+        raise ValueError(f"stride must be in 1..context-1 ({context - 1}), got {stride}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -51,10 +51,12 @@ def train_loop(config: dict) -> None:
         model, cfg.strategy, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.warmup_steps, cfg.max_steps, device,
         zero_stage=cfg.zero_stage, cpu_offload=cfg.cpu_offload, bf16=bf16, micro_batch=cfg.micro_batch_size, grad_accum=cfg.grad_accum,
     )
+    resumed_from = None
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             par.load(Path(directory) / "state")
             progress = json.loads((Path(directory) / "progress.json").read_text())
+        resumed_from = progress["step"]
 
     # 3. Train.
     tokens_per_step = cfg.micro_batch_size * cfg.grad_accum * train_blocks.shape[1] * world
@@ -83,6 +85,8 @@ def train_loop(config: dict) -> None:
             "grad_norm": grad_norm,
             "tokens_per_s": tokens_per_step * window_steps / elapsed,
         }
+        if resumed_from is not None:  # first report after a restart says where it resumed
+            metrics["resumed_from_step"], resumed_from = resumed_from, None
         if done % cfg.eval_every == 0 or last:
             metrics["val_loss"] = _validation_loss(par.model, val_blocks, cfg.micro_batch_size, rank, world, device)
         if last:

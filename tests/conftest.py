@@ -1,0 +1,73 @@
+"""Shared fixtures: one local Ray cluster for the whole session, with token auth on.
+
+The cluster is a real `ray start --head` process (2 CPUs), so tests can drive it
+in-process (engine.run) and from `lifecycle` subprocesses with --address alike.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_address(tmp_path_factory):
+    """Address of a session-wide local Ray head (token auth on); the test process is connected."""
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    ray_bin = Path(sys.executable).parent / "ray"
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
+         "--include-dashboard=false", "--disable-usage-stats", "--node-ip-address", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while True:
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+            break
+        except Exception:
+            if time.time() > deadline or head.poll() is not None:
+                head.kill()
+                raise
+            time.sleep(2)
+    os.environ["RAY_ADDRESS"] = address
+    yield address
+    ray.shutdown()
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+
+
+def lifecycle(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    """Run the `lifecycle` console script of this environment."""
+    exe = shutil.which("lifecycle", path=str(Path(sys.executable).parent)) or "lifecycle"
+    return subprocess.run([exe, *args], capture_output=True, text=True, **kwargs)
+
+
+def lifecycle_popen(*args: str) -> subprocess.Popen:
+    exe = shutil.which("lifecycle", path=str(Path(sys.executable).parent)) or "lifecycle"
+    return subprocess.Popen([exe, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

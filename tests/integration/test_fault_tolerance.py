@@ -1,0 +1,81 @@
+"""Killed workers and killed drivers: the workflow still finishes, resuming from checkpoints."""
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import mlflow
+import psutil
+
+from components import tracking
+from tests.conftest import ROOT, lifecycle, lifecycle_popen
+
+SPEC = str(ROOT / "workflows" / "smoke.yaml")
+LONG = ["pretrain.max_steps=160", "pretrain.log_every=10", "pretrain.checkpoint_every=40", "pretrain.eval_every=80",
+        "pretrain.eval_tokens=2000"]
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def checkpoints(workdir: Path) -> list[Path]:
+    return sorted((workdir / "ray_storage").glob("pretrain-*/checkpoint_*"))
+
+
+def step_runs(workdir: Path):
+    uri = tracking.tracking_uri_for(workdir)
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([tracking.experiment_id(uri)], "tags.`lifecycle.step` = 'pretrain'", order_by=["attributes.start_time ASC"])
+    return client, runs
+
+
+def train_workers() -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
+
+
+def test_sigkilled_worker_resumes_from_last_checkpoint(ray_address, tmp_path):
+    workdir = tmp_path / "wd"
+    proc = lifecycle_popen("run", SPEC, *LONG, "--workdir", str(workdir), "--address", ray_address)
+    wait_for(lambda: checkpoints(workdir), 300, "a first checkpoint")
+    victim = wait_for(train_workers, 30, "a training worker")[0]
+    victim.send_signal(signal.SIGKILL)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+
+    client, runs = step_runs(workdir)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one run for the step, despite the restart
+    run_id = runs[0].info.run_id
+    assert [m.step for m in client.get_metric_history(run_id, "loss")][-1] == 160
+    (resume,) = client.get_metric_history(run_id, "resumed_from_step")  # restarted once, from a checkpoint
+    assert resume.value >= 40 and resume.value % 40 == 0
+
+
+def test_killed_driver_rerun_skips_finished_steps_and_resumes_training(ray_address, tmp_path):
+    workdir = tmp_path / "wd"
+    proc = lifecycle_popen("run", SPEC, *LONG, "--workdir", str(workdir), "--address", ray_address)
+    wait_for(lambda: checkpoints(workdir), 300, "a first checkpoint")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    # The driver's tasks and actors die with it; wait until its trainer is gone.
+    wait_for(lambda: not train_workers(), 120, "the old training workers to exit")
+
+    rerun = lifecycle("run", SPEC, *LONG, "--workdir", str(workdir), "--address", ray_address, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "cached" in rerun.stdout
+
+    client, runs = step_runs(workdir)
+    assert [r.info.status for r in runs] == ["KILLED", "FINISHED"]
+    resumed = [m.step for m in client.get_metric_history(runs[1].info.run_id, "loss")]
+    (resume,) = client.get_metric_history(runs[1].info.run_id, "resumed_from_step")
+    assert resume.value >= 40 and resumed[0] > resume.value and resumed[-1] == 160  # not from scratch
+    summary = json.loads(lifecycle("status", "--workdir", str(workdir), "--json").stdout)[0]["steps"]
+    assert [s["state"] for s in summary] == ["cached", "cached", "done"]

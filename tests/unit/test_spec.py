@@ -1,0 +1,116 @@
+"""Spec validation: every error names file, line, step and field; nothing starts."""
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from workflows import cli
+from workflows.spec import SpecError, apply_override, load_spec
+
+GOOD = """\
+name: t
+steps:
+  corpus:
+    uses: data
+  tok:
+    uses: tokenizer
+    needs: [corpus]
+  pre:
+    uses: pretrain
+    needs: [corpus, tok]
+    with:
+      max_steps: 50
+      warmup_steps: 5
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "workflows").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_spec_validates_and_starts_with_its_command(path):
+    resolved = load_spec(path)
+    assert resolved.order
+    assert path.read_text().startswith(f"# lifecycle run workflows/{path.name}")
+
+
+def test_good_spec_orders_steps_topologically(tmp_path):
+    resolved = load_spec(write(tmp_path, GOOD))
+    assert resolved.order == ["corpus", "tok", "pre"]
+    assert resolved.configs["pre"].max_steps == 50
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (("      max_steps: 50", "      max_stpes: 50"), r"spec.yaml:12: step 'pre', field 'max_stpes': Extra inputs"),
+        (("      max_steps: 50", "      max_steps: lots"), r"spec.yaml:12: step 'pre', field 'max_steps': Input should be a valid integer"),
+        (("    uses: tokenizer", "    uses: tokeniser"), r"spec.yaml:6: step 'tok', field 'uses': unknown phase 'tokeniser'"),
+        (("    needs: [corpus, tok]", "    needs: [corpus, tokk]"), r"spec.yaml:10: step 'pre', field 'needs': no step named 'tokk'"),
+        (("    needs: [corpus, tok]", "    needs: [corpus]"), r"step 'pre', field 'needs': phase 'pretrain' consumes \['dataset', 'tokenizer'\]"),
+        (("name: t", "name: t\nstepz: {}"), r"spec.yaml:2: field 'stepz': Extra inputs"),
+        (("    uses: data", "    uses: data\n    needs: [pre]"), r"the steps form a cycle"),
+        (("  tok:", "  tok: [x"), r"spec.yaml:\d+: not valid YAML"),
+    ],
+)
+def test_bad_specs_name_file_line_step_and_field(tmp_path, change, expected):
+    path = write(tmp_path, GOOD.replace(*change))
+    with pytest.raises(SpecError, match=expected):
+        load_spec(path)
+
+
+def test_overrides_shorthand_full_path_and_yaml_values(tmp_path):
+    path = write(tmp_path, GOOD)
+    resolved = load_spec(path, ["pre.lr=1e-3", "pre.model.n_layer=2", "scale.workers=1", "steps.tok.with.vocab_size=300"])
+    assert resolved.configs["pre"].lr == 1e-3
+    assert resolved.configs["pre"].model.n_layer == 2
+    assert resolved.spec.scale.workers == 1
+    assert resolved.configs["tok"].vocab_size == 300
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("pre.lr", "expected KEY.SUBKEY=VALUE"),
+        ("pre..lr=1", "expected KEY.SUBKEY=VALUE"),
+        ("steps.nope.with.lr=1", "has no step 'nope'"),
+        ("pre.lr=[1", "not valid YAML"),
+        ("pre.lr=-1", "step 'pre', field 'lr': Input should be greater than 0"),
+    ],
+)
+def test_bad_overrides(tmp_path, override, expected):
+    with pytest.raises(SpecError, match=expected.replace("[", r"\[")):
+        load_spec(write(tmp_path, GOOD), [override])
+
+
+def test_apply_override_parses_values():
+    doc = {"steps": {"a": {"uses": "data"}}}
+    apply_override(doc, "a.max_documents=10")
+    apply_override(doc, "a.needs=[x, y]")
+    assert doc["steps"]["a"] == {"uses": "data", "with": {"max_documents": 10}, "needs": ["x", "y"]}
+
+
+def test_malformed_data_file_is_caught_before_ray_with_file_and_line(tmp_path):
+    data = tmp_path / "corpus.jsonl"
+    data.write_text('{"text": "fine"}\n{"text": "also fine"}\n{"text": 3}\n')
+    with pytest.raises(SpecError, match=r"corpus.jsonl:3: .*must be a string"):
+        load_spec(write(tmp_path, GOOD), [f"corpus.source={data}"])
+
+
+def test_cli_bad_input_exits_2_without_ray_or_workdir(tmp_path, capsys):
+    import ray
+
+    workdir = tmp_path / "wd"
+    spec = write(tmp_path, GOOD.replace("max_steps: 50", "max_steps: -5"))
+    assert cli.main(["run", str(spec), "--workdir", str(workdir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "field 'max_steps'" in err and err.count("\n") == 1
+    assert not workdir.exists()
+    assert not ray.is_initialized()
+    assert cli.main(["run", str(spec), "pre.max_steps=nope=3", "--workdir", str(workdir)]) == 2
+    assert cli.main(["run", str(tmp_path / "missing.yaml")]) == 2
+    assert cli.main(["validate", str(write(tmp_path, GOOD))]) == 0
