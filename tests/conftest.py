@@ -20,6 +20,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Token auth for the test cluster and every client; set before anything imports ray,
+# which reads the mode once.
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -32,8 +37,6 @@ def ray_address(tmp_path_factory):
     """Address of a session-wide local Ray head (token auth on); the test process is connected."""
     import ray
 
-    os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
     port = free_port()
     address = f"127.0.0.1:{port}"
     ray_bin = Path(sys.executable).parent / "ray"
@@ -43,15 +46,13 @@ def ray_address(tmp_path_factory):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     deadline = time.time() + 120
-    while True:
-        try:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-            break
-        except Exception:
-            if time.time() > deadline or head.poll() is not None:
-                head.kill()
-                raise
-            time.sleep(2)
+    while not _port_open(port):  # GCS up; ray.init before that leaves half-made state
+        if time.time() > deadline or head.poll() is not None:
+            os.killpg(head.pid, signal.SIGKILL)
+            raise RuntimeError(f"ray start --head did not come up on port {port}")
+        time.sleep(1)
+    time.sleep(3)
+    ray.init(address=address, log_to_driver=False, configure_logging=False)
     os.environ["RAY_ADDRESS"] = address
     yield address
     ray.shutdown()
@@ -60,6 +61,11 @@ def ray_address(tmp_path_factory):
         head.wait(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def lifecycle(*args: str, **kwargs) -> subprocess.CompletedProcess:

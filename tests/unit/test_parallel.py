@@ -26,7 +26,8 @@ def _losses(rank, port, strategy, stage, directory, resume, out):
     par = wrap(build_causal_lm(CFG, 64, 0, 0, 1), strategy, lr=1e-2, weight_decay=0.0, grad_clip=1.0,
                warmup_steps=1, total_steps=10, device=torch.device("cpu"), zero_stage=stage)
     g = torch.Generator().manual_seed(rank)
-    batches = [torch.randint(0, 64, (2, 16), generator=g) for _ in range(5)]
+    fixed = torch.randint(0, 64, (2, 16), generator=g)
+    batches = [fixed.roll(i, dims=1) for i in range(5)]  # learnable: the same tokens, shifted
     losses = []
     if resume:
         par.load(directory)
