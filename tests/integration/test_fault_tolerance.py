@@ -27,8 +27,15 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def checkpoints(workdir: Path) -> list[Path]:
-    return sorted((workdir / "ray_storage").glob("pretrain-*/checkpoint_*"))
+def past_first_checkpoint(workdir: Path) -> bool:
+    """True once pretrain logged a step after its first checkpoint (40): Ray Train has registered it."""
+    if not (workdir / "mlflow.db").exists():
+        return False
+    try:
+        client, runs = step_runs(workdir)
+        return any(m.step > 40 for r in runs[-1:] for m in client.get_metric_history(r.info.run_id, "loss"))
+    except Exception:  # the database is still being created
+        return False
 
 
 def step_runs(workdir: Path):
@@ -45,7 +52,7 @@ def train_workers() -> list[psutil.Process]:
 def test_sigkilled_worker_resumes_from_last_checkpoint(ray_address, tmp_path):
     workdir = tmp_path / "wd"
     proc = lifecycle_popen("run", SPEC, *LONG, "--workdir", str(workdir), "--address", ray_address)
-    wait_for(lambda: checkpoints(workdir), 300, "a first checkpoint")
+    wait_for(lambda: past_first_checkpoint(workdir), 300, "a first checkpoint")
     victim = wait_for(train_workers, 30, "a training worker")[0]
     victim.send_signal(signal.SIGKILL)
     output, _ = proc.communicate(timeout=600)
@@ -62,7 +69,7 @@ def test_sigkilled_worker_resumes_from_last_checkpoint(ray_address, tmp_path):
 def test_killed_driver_rerun_skips_finished_steps_and_resumes_training(ray_address, tmp_path):
     workdir = tmp_path / "wd"
     proc = lifecycle_popen("run", SPEC, *LONG, "--workdir", str(workdir), "--address", ray_address)
-    wait_for(lambda: checkpoints(workdir), 300, "a first checkpoint")
+    wait_for(lambda: past_first_checkpoint(workdir), 300, "a first checkpoint")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     # The driver's tasks and actors die with it; wait until its trainer is gone.
