@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,11 +57,16 @@ def ray_address(tmp_path_factory):
     os.environ["RAY_ADDRESS"] = address
     yield address
     ray.shutdown()
-    os.killpg(head.pid, signal.SIGTERM)
+    # gcs_server, raylet and the agents start their own sessions: collect them first.
+    family = psutil.Process(head.pid).children(recursive=True)
+    head.terminate()
     try:
         head.wait(timeout=60)
     except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
+        head.kill()
+    for proc in family:
+        if proc.is_running():
+            proc.kill()
 
 
 def _port_open(port: int) -> bool:

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--json", action="store_true")
 
     args = parser.parse_args(argv)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)  # logs: do not wrap at 80
     try:
         if args.command == "plan":
             return run_plan(args)

@@ -130,8 +130,9 @@ def start_ray(address: str | None) -> bool:
     """Connect to ``address`` / RAY_ADDRESS, or start an embedded local Ray. Returns True if we started it."""
     if ray.is_initialized():
         return False
+    # "local": a fresh embedded Ray even if another local cluster is recorded in /tmp/ray.
     # Worker output would tear the live table; it stays in Ray's session logs.
-    ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
+    ray.init(address=address or "local", log_to_driver=False, include_dashboard=False, configure_logging=False)
     return True
 
 
@@ -169,7 +170,7 @@ def run(resolved: Resolved, workdir: Path, address: str | None = None, display=N
             for ref in ready:
                 name = names[ref]
                 row = rows.get(name, {})
-                seconds = row.get("ended", time.time()) - row.get("started", time.time())
+                seconds = row.get("ended", time.time()) - row["started"] if "started" in row else 0.0
                 try:
                     artifact = ray.get(ref)
                     outcomes[name] = StepOutcome(name, row.get("phase", ""), "cached" if artifact.cached else "done", seconds, artifact)
