@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -154,4 +155,5 @@ def _report(metrics: dict, par, progress: dict, rank: int, strategy: str, export
     if rank == 0:
         (directory / "progress.json").write_text(json.dumps(progress))
     checkpoint = ray.train.Checkpoint.from_directory(str(directory)) if writes else None
-    ray.train.report(metrics, checkpoint=checkpoint)
+    ray.train.report(metrics, checkpoint=checkpoint)  # returns once the files are in storage
+    shutil.rmtree(directory, ignore_errors=True)

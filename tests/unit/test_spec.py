@@ -1,5 +1,7 @@
 """Spec validation: every error names file, line, step and field; nothing starts."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,8 +27,8 @@ steps:
 """
 
 
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "spec.yaml"
+def write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
     path.write_text(text)
     return path
 
@@ -101,16 +103,24 @@ def test_malformed_data_file_is_caught_before_ray_with_file_and_line(tmp_path):
         load_spec(write(tmp_path, GOOD), [f"corpus.source={data}"])
 
 
-def test_cli_bad_input_exits_2_without_ray_or_workdir(tmp_path, capsys):
-    import ray
-
+def test_cli_bad_input_exits_2_without_ray_or_workdir(tmp_path):
+    # A fresh interpreter: the test session itself may already be connected to Ray.
     workdir = tmp_path / "wd"
-    spec = write(tmp_path, GOOD.replace("max_steps: 50", "max_steps: -5"))
-    assert cli.main(["run", str(spec), "--workdir", str(workdir)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "field 'max_steps'" in err and err.count("\n") == 1
+    bad = write(tmp_path, GOOD.replace("max_steps: 50", "max_steps: -5"), "bad.yaml")
+    probe = (
+        "import sys, ray; from workflows import cli; rc = cli.main(sys.argv[1:]); "
+        "print('ray started' if ray.is_initialized() else 'no ray'); sys.exit(rc)"
+    )
+    cases = [
+        ["run", str(bad), "--workdir", str(workdir)],
+        ["run", str(tmp_path / "missing.yaml"), "--workdir", str(workdir)],
+        ["run", str(write(tmp_path, GOOD)), "pre.max_steps=nope=3", "--workdir", str(workdir)],
+    ]
+    for argv in cases:
+        out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert out.returncode == 2, out.stderr
+        assert out.stdout.strip() == "no ray"
+        assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
+    assert "field 'max_steps'" in subprocess.run([sys.executable, "-c", probe, *cases[0]], capture_output=True, text=True, cwd=ROOT).stderr
     assert not workdir.exists()
-    assert not ray.is_initialized()
-    assert cli.main(["run", str(spec), "pre.max_steps=nope=3", "--workdir", str(workdir)]) == 2
-    assert cli.main(["run", str(tmp_path / "missing.yaml")]) == 2
     assert cli.main(["validate", str(write(tmp_path, GOOD))]) == 0
