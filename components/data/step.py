@@ -45,7 +45,7 @@ def run_data(cfg: DataConfig, inputs: dict[str, Artifact], ctx: StepContext) -> 
 
 def run_tokenizer(cfg: TokenizerConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
     """Train a byte-level BPE on the training split; save it in Hugging Face format."""
-    (dataset,) = inputs.values()
+    ((dataset_step, dataset),) = inputs.items()
     docs = read_jsonl(dataset.path / "train.jsonl")
     tokenizer = train_bpe(docs, cfg)
     tokenizer.save_pretrained(ctx.output_dir)
@@ -54,7 +54,7 @@ def run_tokenizer(cfg: TokenizerConfig, inputs: dict[str, Artifact], ctx: StepCo
     tokens = sum(len(tokenizer(d)["input_ids"]) for d in sample)
     metrics = {"vocab_size": float(len(tokenizer)), "chars_per_token": chars / max(tokens, 1)}
     tracking.log_dataset(
-        ctx.tracking_uri, ctx.run_id, f"{Path(dataset.uri).name}/train", str(dataset.metrics.get("digest_train", "")),
+        ctx.tracking_uri, ctx.run_id, f"{dataset_step}/train", str(dataset.metrics.get("digest_train", "")),
         dataset.uri, "train", {"documents": len(docs)},
     )
     tracking.log_metrics(ctx.tracking_uri, ctx.run_id, metrics)

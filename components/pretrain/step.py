@@ -32,7 +32,7 @@ class ReportToLineage(ray.train.UserCallback):
 
 def run(cfg: PretrainConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
     """Pretrain a causal LM on the dataset input with the tokenizer input; returns a model Artifact."""
-    dataset = next(a for a in inputs.values() if a.kind == "dataset")
+    dataset_step, dataset = next((name, a) for name, a in inputs.items() if a.kind == "dataset")
     tokenizer_artifact = next(a for a in inputs.values() if a.kind == "tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_artifact.path)
     block = cfg.model.n_positions
@@ -40,7 +40,7 @@ def run(cfg: PretrainConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     val_blocks = tokenize_and_pack(read_jsonl(dataset.path / "validation.jsonl"), tokenizer, block)
     if len(val_blocks) < ctx.workers or len(train_blocks) < ctx.workers:
         raise ValueError(f"{dataset.uri}: too little text for {ctx.workers} workers at {block}-token blocks")
-    _log_inputs(ctx, dataset, train_blocks, val_blocks)
+    _log_inputs(ctx, dataset_step, dataset, train_blocks, val_blocks)
 
     trainer = TorchTrainer(
         train_loop,
@@ -75,11 +75,12 @@ def run(cfg: PretrainConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     return Artifact(str(ctx.output_dir), "model", ctx.run_id, ctx.cache_key, {k: metrics[k] for k in keep if k in metrics}, headline)
 
 
-def _log_inputs(ctx: StepContext, dataset: Artifact, train_blocks: np.ndarray, val_blocks: np.ndarray) -> None:
+def _log_inputs(ctx: StepContext, dataset_step: str, dataset: Artifact, train_blocks: np.ndarray, val_blocks: np.ndarray) -> None:
+    """The same dataset names and digests as the data step logged, so lineage lines up."""
     for split, blocks in (("train", train_blocks), ("validation", val_blocks)):
         digest = dataset.metrics.get(f"digest_{split}")
         tracking.log_dataset(
-            ctx.tracking_uri, ctx.run_id, f"{Path(dataset.uri).name}/{split}", str(digest or dataset.cache_key[:16]),
+            ctx.tracking_uri, ctx.run_id, f"{dataset_step}/{split}", str(digest or dataset.cache_key[:16]),
             dataset.uri, split, {"blocks": int(blocks.shape[0]), "block_size": int(blocks.shape[1]), "tokens": int(blocks.size)},
         )
     tracking.log_metrics(ctx.tracking_uri, ctx.run_id, {"train_tokens": float(train_blocks.size), "val_tokens": float(val_blocks.size)})

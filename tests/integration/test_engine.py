@@ -37,7 +37,8 @@ def test_workflow_lineage_registry_and_cache(ray_address, tmp_path):
     assert run.data.tags["lifecycle.cache_key"] == pre.cache_key
     assert set(run.data.tags["lifecycle.inputs"].split(",")) == {corpus.run_id, tok.run_id}
     assert run.data.tags["lifecycle.spec_sha"] == resolved.sha
-    assert {d.dataset.digest for d in run.inputs.dataset_inputs} == {corpus.metrics["digest_train"], corpus.metrics["digest_validation"]}
+    assert {(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs} == {
+        ("corpus/train", corpus.metrics["digest_train"]), ("corpus/validation", corpus.metrics["digest_validation"])}
     assert [m.step for m in client.get_metric_history(pre.run_id, "loss")] == [10, 20, 30, 40]
     assert "loss_curve.png" in [f.path for f in client.list_artifacts(pre.run_id)]
     version = client.get_model_version("smoke-pretrain", "1")
