@@ -78,26 +78,39 @@ def load_txt_dir(path: Path) -> list[str]:
     return [text.strip() for text in map(_read_text, files) if text.strip()]
 
 
+def jsonl_records(path: str | os.PathLike):
+    """Yield ("path:LINE", object) for each non-blank line of a JSONL file; DataError names file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 text ({e})") from e
+    # Split on "\n" only: str.splitlines would also break at U+2028 inside JSON strings.
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: invalid JSON: {e}") from e
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        yield where, record
+
+
 def load_jsonl(path: Path, text_field: str = "text") -> list[str]:
     """One document per line: a JSON object whose `text_field` is a string. Blank lines are skipped."""
     docs = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: invalid JSON: {e}") from e
-            if not isinstance(record, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            if text_field not in record:
-                raise DataError(f"{where}: missing field {text_field!r} (fields: {sorted(record)})")
-            if not isinstance(record[text_field], str):
-                kind = type(record[text_field]).__name__
-                raise DataError(f"{where}: field {text_field!r} must be a string, got {kind}")
-            docs.append(record[text_field])
+    for where, record in jsonl_records(path):
+        if text_field not in record:
+            raise DataError(f"{where}: missing field {text_field!r} (fields: {sorted(record)})")
+        if not isinstance(record[text_field], str):
+            kind = type(record[text_field]).__name__
+            raise DataError(f"{where}: field {text_field!r} must be a string, got {kind}")
+        docs.append(record[text_field])
     return docs
 
 

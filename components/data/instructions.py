@@ -19,7 +19,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from components.data.corpus import DataError, _unit_hash
+from components.data.corpus import DataError, _unit_hash, jsonl_records
 
 
 @dataclass(frozen=True)
@@ -266,29 +266,6 @@ def exact_match(prediction: str, reference: str) -> bool:
 # --- jsonl files --------------------------------------------------------------------------
 
 
-def _records(path: str | os.PathLike):
-    """(where, object) for each non-blank line, where = "path:LINE"."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 text ({e})") from e
-    # Split on "\n" only: str.splitlines would also break at U+2028 inside JSON strings.
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: invalid JSON: {e}") from e
-        if not isinstance(record, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        yield where, record
-
-
 def _text(obj: dict, key: str, where: str, required: bool = True, default: str = "") -> str:
     if key not in obj:
         if required:
@@ -337,17 +314,17 @@ def _chat(record: dict, where: str) -> Example:
 
 def load_alpaca_jsonl(path: str | os.PathLike) -> list[Example]:
     """Lines {"instruction", "input"?, "output", "family"|"task"?}; instruction and output non-empty."""
-    return [_alpaca(r, where) for where, r in _records(path)]
+    return [_alpaca(r, where) for where, r in jsonl_records(path)]
 
 
 def load_chat_jsonl(path: str | os.PathLike) -> list[Example]:
     """Lines {"messages": [{role, content}, ...]}: system/user turns, then one final assistant turn."""
-    return [_chat(r, where) for where, r in _records(path)]
+    return [_chat(r, where) for where, r in jsonl_records(path)]
 
 
 def load_instructions(path: str | os.PathLike) -> list[Example]:
     """Either format, decided per line: a line with "messages" is chat, any other is Alpaca."""
-    return [(_chat if "messages" in r else _alpaca)(r, where) for where, r in _records(path)]
+    return [(_chat if "messages" in r else _alpaca)(r, where) for where, r in jsonl_records(path)]
 
 
 def write_examples_jsonl(path: str | os.PathLike, examples: list[Example]) -> None:
