@@ -216,21 +216,26 @@ def documents_digest(docs: list[str]) -> str:
     return h.hexdigest()
 
 
-def write_jsonl(path: str | os.PathLike, docs: list[str]) -> None:
-    """Write `{"text": doc}` per line, atomically: a temp file in the same directory, then os.replace."""
+def write_records_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
+    """One JSON object per line, atomically: a temp file in the same directory, then os.replace."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for d in docs:
-                f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_jsonl(path: str | os.PathLike, docs: list[str]) -> None:
+    """A split as `{"text": ...}` lines, written atomically (nothing half-written on a crash)."""
+    write_records_jsonl(path, [{"text": d} for d in docs])
 
 
 def read_jsonl(path: str | os.PathLike) -> list[str]:

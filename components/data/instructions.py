@@ -8,10 +8,8 @@ the target `response` (no eos; the fine-tuning phase appends it). Malformed file
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from components.data.corpus import DataError, _unit_hash, jsonl_records
+from components.data.corpus import DataError, _unit_hash, jsonl_records, write_records_jsonl
 
 
 @dataclass(frozen=True)
@@ -328,24 +326,12 @@ def load_instructions(path: str | os.PathLike) -> list[Example]:
 
 
 def write_examples_jsonl(path: str | os.PathLike, examples: list[Example]) -> None:
-    """Alpaca lines plus "family", atomically (temp file in the same directory, then os.replace)."""
-    lines = []
+    """Alpaca lines plus "family", written atomically."""
+    records = []
     for e in examples:
         instruction, inp = _unformat(e.prompt)
-        record = {"instruction": instruction, "input": inp, "output": e.response, "family": e.family}
-        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        records.append({"instruction": instruction, "input": inp, "output": e.response, "family": e.family})
+    write_records_jsonl(path, records)
 
 
 def read_examples_jsonl(path: str | os.PathLike) -> list[Example]:
