@@ -42,8 +42,11 @@ def ray_address(tmp_path_factory):
     address = f"127.0.0.1:{port}"
     ray_bin = Path(sys.executable).parent / "ray"
     head = subprocess.Popen(
+        # The dashboard serves the State API, which Ray Train's placement-group cleaner needs
+        # to free a killed trainer's CPUs (a stopped sweep trial, a killed driver).
         [str(ray_bin), "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
-         "--include-dashboard=false", "--disable-usage-stats", "--node-ip-address", "127.0.0.1"],
+         "--include-dashboard=true", "--dashboard-port", str(free_port()), "--disable-usage-stats",
+         "--node-ip-address", "127.0.0.1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     deadline = time.time() + 120
@@ -80,6 +83,45 @@ def lifecycle(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([exe, *args], capture_output=True, text=True, **kwargs)
 
 
-def lifecycle_popen(*args: str) -> subprocess.Popen:
+def smoke_subset(tmp_path: Path, steps=("corpus", "tokenizer", "pretrain")) -> Path:
+    """workflows/smoke.yaml cut down to `steps` (for tests about the engine, not the later phases)."""
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "workflows" / "smoke.yaml").read_text())
+    spec["steps"] = {k: v for k, v in spec["steps"].items() if k in steps}
+    path = tmp_path / "smoke-subset.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def lifecycle_popen(*args: str, log: Path) -> subprocess.Popen:
+    """Start `lifecycle` in the background, its output going to `log`.
+
+    A file, not a pipe: a pipe nobody drains fills up and stalls the command.
+    """
     exe = shutil.which("lifecycle", path=str(Path(sys.executable).parent)) or "lifecycle"
-    return subprocess.Popen([exe, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(log, "w") as out:
+        return subprocess.Popen([exe, *args], stdout=out, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(predicate, timeout: float, what: str, log: Path | None = None):
+    """Poll `predicate` every 2 s until it returns something truthy; on timeout show the log's tail."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(2)
+    tail = "\n".join(log.read_text().splitlines()[-40:]) if log and log.exists() else ""
+    raise AssertionError(f"timed out waiting for {what}\n{tail}")
+
+
+def wait_for_idle_cluster(timeout: float = 180) -> None:
+    """Block until every CPU of the test cluster is free again (the last test's workers are gone)."""
+    import ray
+
+    deadline = time.time() + timeout
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0):
+        if time.time() > deadline:
+            raise AssertionError(f"cluster still busy after {timeout:.0f}s: {ray.available_resources()}")
+        time.sleep(1)

@@ -106,6 +106,8 @@ def execute_step(job: dict[str, Any], board, *upstream: Artifact) -> Artifact:
         artifact = dataclasses.replace(artifact, uri=str(final))
         if artifact.kind == "model":
             version = tracking.register_model(uri, run_id, f"{job['workflow']}-{name}", final.as_uri())
+            if (final / "adapter").is_dir():  # a PEFT adapter travels with the merged model
+                tracking.register_model(uri, run_id, f"{job['workflow']}-{name}-adapter", (final / "adapter").as_uri())
             artifact = dataclasses.replace(artifact, headline=f"{artifact.headline} (v{version})".strip())
         tracking.finish_step(uri, run_id, artifact)
     except BaseException:
@@ -131,8 +133,9 @@ def start_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     # "local": a fresh embedded Ray even if another local cluster is recorded in /tmp/ray.
-    # Worker output would tear the live table; it stays in Ray's session logs.
-    ray.init(address=address or "local", log_to_driver=False, include_dashboard=False, configure_logging=False)
+    # Worker output would tear the live table; it stays in Ray's session logs. The dashboard
+    # stays on: Ray Train's placement-group cleaner asks its State API whether a trainer died.
+    ray.init(address=address or "local", log_to_driver=False, configure_logging=False)
     return True
 
 

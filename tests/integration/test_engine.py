@@ -7,7 +7,7 @@ import mlflow
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components import tracking
-from tests.conftest import ROOT, lifecycle
+from tests.conftest import lifecycle, smoke_subset
 from workflows import engine
 from workflows.spec import load_spec
 
@@ -17,7 +17,7 @@ QUICK = ["pretrain.max_steps=40", "pretrain.warmup_steps=4", "pretrain.log_every
 
 def test_workflow_lineage_registry_and_cache(ray_address, tmp_path):
     workdir = tmp_path / "wd"
-    resolved = load_spec(ROOT / "workflows" / "smoke.yaml", QUICK)
+    resolved = load_spec(smoke_subset(tmp_path), QUICK)
     parent, outcomes = engine.run(resolved, workdir, ray_address)
     assert [o.state for o in outcomes] == ["done", "done", "done"], [o.error for o in outcomes]
     corpus, tok, pre = (o.artifact for o in outcomes)
@@ -58,7 +58,7 @@ def test_workflow_lineage_registry_and_cache(ray_address, tmp_path):
     print(f"cached re-run: {time.time() - started:.1f}s")
 
     # A changed config re-runs only what depends on it.
-    changed = load_spec(ROOT / "workflows" / "smoke.yaml", QUICK + ["pretrain.lr=2e-3"])
+    changed = load_spec(smoke_subset(tmp_path), QUICK + ["pretrain.lr=2e-3"])
     _, third = engine.run(changed, workdir, ray_address)
     assert [o.state for o in third] == ["cached", "cached", "done"]
     assert client.get_model_version("smoke-pretrain", "2").run_id == third[2].artifact.run_id
@@ -74,7 +74,7 @@ def test_failing_step_marks_run_failed_and_leaves_no_partial_artifact(ray_addres
     # 1 validation document of a few characters cannot fill a 64-token block per worker.
     data = tmp_path / "tiny.txt"
     data.write_text("\n\n".join(f"Document number {i} is short." for i in range(3)))
-    resolved = load_spec(ROOT / "workflows" / "smoke.yaml", QUICK + [f"corpus.source={data}", "corpus.validation_fraction=0.3"])
+    resolved = load_spec(smoke_subset(tmp_path), QUICK + [f"corpus.source={data}", "corpus.validation_fraction=0.3"])
     _, outcomes = engine.run(resolved, workdir, ray_address)
     assert [o.state for o in outcomes] == ["done", "done", "failed"]
     assert "too little text" in outcomes[2].error

@@ -4,27 +4,17 @@ import json
 import os
 import signal
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import mlflow
 import psutil
 
 from components import tracking
-from tests.conftest import ROOT, lifecycle, lifecycle_popen
+from tests.conftest import lifecycle, lifecycle_popen, smoke_subset, wait_for, wait_for_idle_cluster
 
-SPEC = str(ROOT / "workflows" / "smoke.yaml")
 LONG = ["pretrain.max_steps=160", "pretrain.log_every=10", "pretrain.checkpoint_every=40", "pretrain.eval_every=80",
         "pretrain.eval_tokens=2000"]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def past_first_checkpoint(workdir: Path) -> bool:
@@ -38,9 +28,23 @@ def past_first_checkpoint(workdir: Path) -> bool:
         return False
 
 
+def start_long_run(spec: str, workdir: Path, ray_address: str, log: Path):
+    """Start the smoke workflow (160 pretraining steps) and wait until it is past its first checkpoint."""
+    wait_for_idle_cluster()  # a trainer of the previous test still holding CPUs would stall this one
+    proc = lifecycle_popen("run", spec, *LONG, "--workdir", str(workdir), "--address", ray_address, log=log)
+    wait_for(lambda: proc.poll() is not None or past_first_checkpoint(workdir), 420, "a first checkpoint", log)
+    assert proc.poll() is None, log.read_text()
+    return proc
+
+
+@lru_cache(maxsize=4)
+def _client(uri: str) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(uri)  # one per database: each new one re-checks the schema
+
+
 def step_runs(workdir: Path):
     uri = tracking.tracking_uri_for(workdir)
-    client = mlflow.MlflowClient(uri)
+    client = _client(uri)
     runs = client.search_runs([tracking.experiment_id(uri)], "tags.`lifecycle.step` = 'pretrain'", order_by=["attributes.start_time ASC"])
     return client, runs
 
@@ -50,13 +54,12 @@ def train_workers() -> list[psutil.Process]:
 
 
 def test_sigkilled_worker_resumes_from_last_checkpoint(ray_address, tmp_path):
-    workdir = tmp_path / "wd"
-    proc = lifecycle_popen("run", SPEC, *LONG, "--workdir", str(workdir), "--address", ray_address)
-    wait_for(lambda: past_first_checkpoint(workdir), 300, "a first checkpoint")
+    workdir, log = tmp_path / "wd", tmp_path / "run.log"
+    spec = str(smoke_subset(tmp_path))
+    proc = start_long_run(spec, workdir, ray_address, log)
     victim = wait_for(train_workers, 30, "a training worker")[0]
     victim.send_signal(signal.SIGKILL)
-    output, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, output
+    assert proc.wait(timeout=600) == 0, log.read_text()
 
     client, runs = step_runs(workdir)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one run for the step, despite the restart
@@ -67,15 +70,15 @@ def test_sigkilled_worker_resumes_from_last_checkpoint(ray_address, tmp_path):
 
 
 def test_killed_driver_rerun_skips_finished_steps_and_resumes_training(ray_address, tmp_path):
-    workdir = tmp_path / "wd"
-    proc = lifecycle_popen("run", SPEC, *LONG, "--workdir", str(workdir), "--address", ray_address)
-    wait_for(lambda: past_first_checkpoint(workdir), 300, "a first checkpoint")
+    workdir, log = tmp_path / "wd", tmp_path / "run.log"
+    spec = str(smoke_subset(tmp_path))
+    proc = start_long_run(spec, workdir, ray_address, log)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     # The driver's tasks and actors die with it; wait until its trainer is gone.
     wait_for(lambda: not train_workers(), 120, "the old training workers to exit")
 
-    rerun = lifecycle("run", SPEC, *LONG, "--workdir", str(workdir), "--address", ray_address, timeout=600)
+    rerun = lifecycle("run", spec, *LONG, "--workdir", str(workdir), "--address", ray_address, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "cached" in rerun.stdout
 
