@@ -186,6 +186,24 @@ def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
         _client(uri).set_tag(run_id, key, value)
 
 
+def trial_run(uri: str, parent_run_id: str, sweep_key: str, trial_id: str, params: dict[str, Any]) -> str:
+    """The child run of one sweep trial, nested under the step run; reused (and re-parented) on resume."""
+    client = _client(uri)
+    parent = client.get_run(parent_run_id)
+    found = client.search_runs(
+        [parent.info.experiment_id], f"tags.`{TAG}sweep` = '{sweep_key}' and tags.`{TAG}trial` = '{trial_id}'"
+    )
+    if found:
+        run_id = found[0].info.run_id
+        client.set_tag(run_id, "mlflow.parentRunId", parent_run_id)
+        return run_id
+    tags = {"mlflow.runName": f"trial-{trial_id}", "mlflow.parentRunId": parent_run_id, TAG + "kind": "trial",
+            TAG + "sweep": sweep_key, TAG + "trial": trial_id}
+    run_id = client.create_run(parent.info.experiment_id, tags=tags).info.run_id
+    client.log_batch(run_id, params=[_param(k, v) for k, v in params.items()])
+    return run_id
+
+
 def find_cached(uri: str, cache_key: str) -> Artifact | None:
     """The Artifact of a FINISHED run with this cache key whose output still exists, else None."""
     client = _client(uri)

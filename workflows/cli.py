@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--json", action="store_true")
 
     args = parser.parse_args(argv)
-    console = Console(width=None if sys.stdout.isatty() else 160)  # logs: do not wrap at 80
+    console = Console(width=None if sys.stdout.isatty() else 160, emoji=False)  # logs: no wrap at 80; ":100:" is a line number
     try:
         if args.command == "plan":
             return run_plan(args)
@@ -74,6 +74,10 @@ def _run(args, console: Console) -> int:
     with Display(console) as display:
         run_id, outcomes = engine.run(resolved, Path(args.workdir), args.address, display)
     console.print(summary_table(outcomes, run_id))
+    for o in outcomes:  # a step's report.md (a sweep's results table) is worth reading here
+        report = o.artifact.path / "report.md" if o.artifact else None
+        if report and report.exists():
+            console.print(report.read_text(), markup=False, highlight=False)
     failed = [o for o in outcomes if o.state == "failed"]
     for o in failed:
         console.print(f"[red]step {o.step} failed:[/red] {o.error}")

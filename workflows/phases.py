@@ -34,6 +34,15 @@ PHASES: dict[str, Phase] = {
         "components.pretrain.config:PretrainConfig", "components.pretrain.step:run", ("dataset", "tokenizer"), "model",
         "pretrain a causal LM with Ray Train (FSDP2, DDP or DeepSpeed)",
     ),
+    "instructions": Phase(
+        "components.data.instructions:InstructionDataConfig", "components.data.step:run_instructions", (), "instructions",
+        "generate or load instruction data; split train/validation/test by seeded hash",
+        check="components.data.step:check_instructions",
+    ),
+    "finetune": Phase(
+        "components.finetune.config:FinetuneConfig", "components.finetune.step:run", ("model", "instructions", "dataset"), "model",
+        "instruction-tune a model (LoRA, prompt tuning, IA3, selective or full) with Ray Train; optional Ray Tune rank sweep",
+    ),
 }
 
 

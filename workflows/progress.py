@@ -16,11 +16,13 @@ def _metric(row: dict[str, Any]) -> str:
     if row.get("headline"):
         return str(row["headline"])
     m = row.get("metrics") or {}
-    parts = []
+    parts = [f"trial {m['trial']}"] if "trial" in m else []  # a sweep shows which trial is training
     if "step" in m:
         parts.append(f"step {int(m['step'])}")
     if "loss" in m:
         parts.append(f"loss {m['loss']:.3f}")
+    if "val_loss" in m:
+        parts.append(f"val {m['val_loss']:.3f}")
     if "tokens_per_s" in m:
         parts.append(f"{m['tokens_per_s']:.0f} tok/s")
     return ", ".join(parts)
@@ -42,7 +44,7 @@ class Display:
     """Live table on a terminal; one line per state change elsewhere (CI logs, pipes)."""
 
     def __init__(self, console: Console | None = None):
-        self.console = console or Console()
+        self.console = console or Console(emoji=False)
         self.live = Live(console=self.console, refresh_per_second=4, transient=True) if self.console.is_terminal else None
         self.seen: dict[str, str] = {}
 

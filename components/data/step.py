@@ -9,6 +9,9 @@ from components import tracking
 from components.artifact import Artifact, StepContext
 from components.data.config import DataConfig, TokenizerConfig
 from components.data.corpus import documents_digest, load_documents, read_jsonl, split_by_hash, write_jsonl
+from components.data.instructions import (
+    InstructionDataConfig, load_examples, mix_by_weights, split_examples, write_examples_jsonl,
+)
 from components.data.tokenizer import train_bpe
 
 
@@ -60,3 +63,37 @@ def run_tokenizer(cfg: TokenizerConfig, inputs: dict[str, Artifact], ctx: StepCo
     tracking.log_metrics(ctx.tracking_uri, ctx.run_id, metrics)
     headline = f"vocab {len(tokenizer)}, {metrics['chars_per_token']:.2f} chars/token"
     return Artifact(str(ctx.output_dir), "tokenizer", ctx.run_id, ctx.cache_key, metrics, headline)
+
+
+def check_instructions(cfg: InstructionDataConfig) -> InstructionDataConfig:
+    """Preflight before Ray starts: a file source must parse (errors name file:line); path made absolute."""
+    if cfg.source == "bundled":
+        return cfg
+    cfg = cfg.model_copy(update={"source": str(Path(cfg.source).expanduser().resolve())})
+    load_examples(cfg)
+    return cfg
+
+
+def run_instructions(cfg: InstructionDataConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
+    """Generate or load instruction examples; split train/validation/test by seeded hash; mix train by weights."""
+    splits = split_examples(load_examples(cfg), cfg.seed, cfg.validation_fraction, cfg.test_fraction)
+    if cfg.weights is not None:
+        by_family: dict[str, list] = {}
+        for e in splits["train"]:
+            by_family.setdefault(e.family, []).append(e)
+        splits["train"] = mix_by_weights(by_family, cfg.weights, len(splits["train"]), cfg.seed)
+    metrics: dict[str, float | str] = {}
+    for split, examples in splits.items():
+        if not examples:
+            raise ValueError(f"{cfg.source}: the {split} split is empty; give more examples or a larger fraction")
+        path = ctx.output_dir / f"{split}.jsonl"
+        write_examples_jsonl(path, examples)
+        families = sorted({e.family for e in examples})
+        digest = documents_digest([e.prompt + "\x00" + e.response for e in examples])
+        profile = {"examples": len(examples), "families": len(families)}
+        tracking.log_dataset(ctx.tracking_uri, ctx.run_id, f"{ctx.step}/{split}", digest, cfg.source, split, profile)
+        metrics[f"digest_{split}"] = digest
+        metrics[f"{split}_examples"] = len(examples)
+    tracking.log_metrics(ctx.tracking_uri, ctx.run_id, {k: v for k, v in metrics.items() if not k.startswith("digest")})
+    headline = f"{metrics['train_examples']} train / {metrics['validation_examples']} val / {metrics['test_examples']} test"
+    return Artifact(str(ctx.output_dir), "instructions", ctx.run_id, ctx.cache_key, metrics, headline)

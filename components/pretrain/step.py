@@ -16,18 +16,7 @@ from components.data.corpus import read_jsonl
 from components.data.tokenizer import tokenize_and_pack
 from components.pretrain.config import PretrainConfig
 from components.pretrain.loop import train_loop
-
-
-class ReportToLineage(ray.train.UserCallback):
-    """Runs on the Ray Train controller: every report goes to MLflow and the progress table."""
-
-    def __init__(self, tracking_uri: str, run_id: str, progress):
-        self.tracking_uri, self.run_id, self.progress = tracking_uri, run_id, progress
-
-    def after_report(self, run_context, metrics, checkpoint):
-        first = dict(metrics[0])  # every worker reports the same all-reduced numbers
-        tracking.log_metrics(self.tracking_uri, self.run_id, first, step=int(first.get("step", 0)))
-        self.progress({k: first[k] for k in ("step", "loss", "tokens_per_s") if k in first})
+from components.report import ReportToLineage, plot_curves
 
 
 def run(cfg: PretrainConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
@@ -69,7 +58,7 @@ def run(cfg: PretrainConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     with result.checkpoint.as_directory() as directory:
         shutil.copytree(Path(directory) / "model", ctx.output_dir, dirs_exist_ok=True)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    _plot_curves(ctx)
+    plot_curves(ctx)
     headline = f"ppl {metrics['ppl_initial']:.0f} -> {metrics['ppl_final']:.1f}"
     keep = ("ppl_initial", "ppl_final", "ppl_ratio", "loss", "val_loss", "tokens_per_s")
     return Artifact(str(ctx.output_dir), "model", ctx.run_id, ctx.cache_key, {k: metrics[k] for k in keep if k in metrics}, headline)
@@ -84,23 +73,3 @@ def _log_inputs(ctx: StepContext, dataset_step: str, dataset: Artifact, train_bl
             dataset.uri, split, {"blocks": int(blocks.shape[0]), "block_size": int(blocks.shape[1]), "tokens": int(blocks.size)},
         )
     tracking.log_metrics(ctx.tracking_uri, ctx.run_id, {"train_tokens": float(train_blocks.size), "val_tokens": float(val_blocks.size)})
-
-
-def _plot_curves(ctx: StepContext) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for key in ("loss", "val_loss"):
-        points = tracking.metric_history(ctx.tracking_uri, ctx.run_id, key)
-        if points:
-            ax.plot(*zip(*points), marker="o" if key == "val_loss" else None, label=key)
-    ax.set_xlabel("step")
-    ax.set_ylabel("token cross-entropy (nats)")
-    ax.set_title(f"{ctx.step}: loss")
-    ax.legend()
-    fig.tight_layout()
-    tracking.log_figure(ctx.tracking_uri, ctx.run_id, fig, "loss_curve.png")
-    plt.close(fig)

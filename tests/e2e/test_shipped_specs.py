@@ -9,10 +9,19 @@ from components import tracking
 from tests.conftest import ROOT, lifecycle
 
 
-def pretrain_metrics(workdir):
+def step_run(workdir, step):
     uri = tracking.tracking_uri_for(workdir)
-    (run,) = mlflow.MlflowClient(uri).search_runs([tracking.experiment_id(uri)], "tags.`lifecycle.step` = 'pretrain'")
-    return run.data.metrics
+    (run,) = mlflow.MlflowClient(uri).search_runs([tracking.experiment_id(uri)], f"tags.`lifecycle.step` = '{step}'")
+    return run
+
+
+def pretrain_metrics(workdir):
+    return step_run(workdir, "pretrain").data.metrics
+
+
+def loss_history(workdir, step):
+    client = mlflow.MlflowClient(tracking.tracking_uri_for(workdir))
+    return [m.value for m in client.get_metric_history(step_run(workdir, step).info.run_id, "loss")]
 
 
 def test_smoke_spec(ray_address, tmp_path):
@@ -20,6 +29,9 @@ def test_smoke_spec(ray_address, tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "workflow run" in out.stdout and "ppl" in out.stdout
     assert pretrain_metrics(tmp_path)["ppl_final"] < pretrain_metrics(tmp_path)["ppl_initial"] / 4
+    losses = loss_history(tmp_path, "finetune")  # response-token loss: instruction tuning learns
+    assert losses[-1] < losses[0] * 0.85, losses
+    assert list((tmp_path / "artifacts").glob("finetune-*/adapter/adapter_model.safetensors"))
 
 
 def test_tiny_spec_cuts_perplexity_tenfold_then_reruns_fully_cached(ray_address, tmp_path):
@@ -34,9 +46,21 @@ def test_tiny_spec_cuts_perplexity_tenfold_then_reruns_fully_cached(ray_address,
     print(f"tiny cold: {cold:.0f}s, ppl {metrics['ppl_initial']:.0f} -> {metrics['ppl_final']:.1f}, "
           f"{metrics['tokens_per_s']:.0f} tokens/s")
 
+    # Instruction tuning with LoRA: far better at the held-out tasks, with a small share of the
+    # weights and a small adapter file; forgetting of the pretraining text is measured.
+    ft = step_run(tmp_path, "finetune").data.metrics
+    families = {k.removeprefix("exact_match_after_"): round(v, 2) for k, v in ft.items() if k.startswith("exact_match_after_")}
+    print(f"tiny finetune: exact match {ft['exact_match_before']:.1%} -> {ft['exact_match_after']:.1%} {families}, "
+          f"LoRA {ft['trainable_params']:.0f} params ({ft['trainable_share']:.2%}), adapter {ft['adapter_share']:.2%} of the "
+          f"model file, corpus ppl {ft['corpus_ppl_before']:.1f} -> {ft['corpus_ppl_after']:.1f}")
+    assert ft["exact_match_before"] < 0.05
+    assert ft["exact_match_after"] >= ft["exact_match_before"] + 0.05
+    assert ft["trainable_share"] < 0.02 and ft["adapter_share"] < 0.05
+    assert "corpus_ppl_after" in ft
+
     started = time.time()
     again = lifecycle("run", spec, "--workdir", str(tmp_path), "--address", ray_address, timeout=600)
     print(f"tiny cached re-run: {time.time() - started:.1f}s")
     assert again.returncode == 0
     runs = json.loads(lifecycle("status", "--workdir", str(tmp_path), "--json").stdout)
-    assert [s["state"] for s in runs[0]["steps"]] == ["cached"] * 3
+    assert [s["state"] for s in runs[0]["steps"]] == ["cached"] * 5

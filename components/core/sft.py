@@ -1,0 +1,63 @@
+"""Supervised fine-tuning data: prompt/response pairs as token ids with the loss on the response only.
+
+Labels use -100 (PyTorch's cross-entropy `ignore_index`, which Hugging Face causal LMs
+use too) on prompt and padding positions, so the model is trained to produce the answer,
+not to reproduce the instruction.
+"""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def encode_pair(tokenizer, prompt: str, response: str) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) for one example: prompt tokens, response tokens, eos.
+
+    The prompt and the response are tokenized separately, as at generation time, where the
+    model continues from the prompt's last token. Labels are -100 over the prompt.
+    """
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return p + r, [IGNORE_INDEX] * len(p) + r
+
+
+def pad_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a list of (input_ids, labels) to the longest: input_ids, labels, attention_mask, each [B, T] int64."""
+    width = max(len(ids) for ids, _ in pairs)
+    input_ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(pairs), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(pairs), width), dtype=torch.long)
+    for i, (ids, lab) in enumerate(pairs):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+
+
+@torch.no_grad()
+def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 64) -> list[str]:
+    """Greedy completions of `prompts`, decoded, cut at the first eos.
+
+    Prompts are left-padded into batches so every row's next token sits in the last column.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    answers = []
+    for start in range(0, len(prompts), batch_size):
+        encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[start : start + batch_size]]
+        width = max(map(len, encoded))
+        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded], device=device)
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+        for row in out[:, width:].tolist():
+            if tokenizer.eos_token_id in row:
+                row = row[: row.index(tokenizer.eos_token_id)]
+            answers.append(tokenizer.decode(row, skip_special_tokens=True))
+    model.train(was_training)
+    return answers

@@ -1,0 +1,163 @@
+"""Ray wiring of the finetune phase: tokenize, check, score the base, train (or sweep), export, score again."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import ray.train
+from ray.train.torch import TorchTrainer
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from components import tracking
+from components.artifact import Artifact, StepContext
+from components.core.peft_methods import trainable_parameters
+from components.core.sft import encode_pair
+from components.data.corpus import read_jsonl
+from components.data.instructions import read_examples_jsonl
+from components.data.tokenizer import tokenize_and_pack
+from components.finetune.config import FinetuneConfig
+from components.finetune.evaluate import corpus_perplexity, exact_match_by_family
+from components.finetune.loop import build_model, train_loop
+from components.report import ReportToLineage, plot_curves
+
+REPLAY_BLOCK = 64  # tokens per replayed pretraining row
+
+
+def run(cfg: FinetuneConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
+    """Instruction-tune the model input on the instructions input; returns the merged model (adapter in adapter/)."""
+    base = next(a for a in inputs.values() if a.kind == "model")
+    instructions_step, instructions = next((n, a) for n, a in inputs.items() if a.kind == "instructions")
+    corpus_step, corpus = next((n, a) for n, a in inputs.items() if a.kind == "dataset")
+
+    # 1. Check everything that can be wrong before any worker starts: the method fits this
+    #    model (target modules exist), every example fits the context.
+    model, tokenizer = build_model(str(base.path), cfg)
+    trainable, total = trainable_parameters(model)
+    context = model.config.n_positions if hasattr(model.config, "n_positions") else model.config.max_position_embeddings
+    if cfg.method == "prompt_tuning":
+        context -= cfg.prompt_tuning.num_virtual_tokens
+    splits = {s: read_examples_jsonl(instructions.path / f"{s}.jsonl") for s in ("train", "validation", "test")}
+    pairs = {s: _encode(instructions.path / f"{s}.jsonl", examples, tokenizer, context) for s, examples in splits.items() if s != "test"}
+    _log_inputs(ctx, instructions_step, instructions, corpus_step, corpus)
+    tracking.log_metrics(ctx.tracking_uri, ctx.run_id, {"trainable_params": trainable, "total_params": total, "trainable_share": trainable / total})
+
+    # 2. The base model's scores: what fine-tuning must beat, and the forgetting baseline.
+    test = splits["test"][: cfg.test_examples]
+    corpus_val = read_jsonl(corpus.path / "validation.jsonl")
+    base_model = AutoModelForCausalLM.from_pretrained(base.path)
+    before = exact_match_by_family(base_model, tokenizer, test, cfg.max_new_tokens)
+    ppl_before = corpus_perplexity(base_model, tokenizer, corpus_val, context, cfg.eval_tokens)
+    del base_model, model
+
+    # 3. Train: one Ray Train run, or a Ray Tune sweep over LoRA rank whose best trial wins.
+    replay = np.zeros((0, REPLAY_BLOCK), dtype=np.int32)
+    if cfg.replay_fraction > 0:
+        replay = tokenize_and_pack(read_jsonl(corpus.path / "train.jsonl"), tokenizer, REPLAY_BLOCK)
+    loop_config = {"cfg": cfg.model_dump(), "train_pairs": pairs["train"], "val_pairs": pairs["validation"],
+                   "replay_blocks": replay, "base_dir": str(base.path)}
+    if cfg.sweep is None:
+        export, best = _train(cfg, loop_config, ctx), {}
+    else:
+        from components.finetune.sweep import run_sweep
+
+        export, best = run_sweep(cfg, loop_config, ctx)
+        cfg = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"r": best["r"], "alpha": best["alpha"]}), "lr": best["lr"]})
+    shutil.copytree(export / "model", ctx.output_dir, dirs_exist_ok=True)
+    if (export / "adapter").exists():
+        shutil.copytree(export / "adapter", ctx.output_dir / "adapter")
+    shutil.rmtree(export)
+
+    # 4. Score the result the way a user will load it.
+    tuned = _load_tuned(ctx.output_dir, cfg)
+    after = exact_match_by_family(tuned, tokenizer, test, cfg.max_new_tokens)
+    ppl_after = corpus_perplexity(tuned, tokenizer, corpus_val, context, cfg.eval_tokens)
+    trainable, _ = trainable_parameters(build_model(str(base.path), cfg)[0])
+    metrics = {
+        "exact_match_before": before["all"], "exact_match_after": after["all"],
+        **{f"exact_match_before_{f}": v for f, v in before.items() if f != "all"},
+        **{f"exact_match_after_{f}": v for f, v in after.items() if f != "all"},
+        "corpus_ppl_before": ppl_before, "corpus_ppl_after": ppl_after, "forgetting_ppl_ratio": ppl_after / ppl_before,
+        "trainable_params": trainable, "trainable_share": trainable / total, **_sizes(ctx.output_dir),
+        **{f"best_{k}": v for k, v in best.items()},
+    }
+    tracking.log_metrics(ctx.tracking_uri, ctx.run_id, metrics)
+    tracking.log_dict(ctx.tracking_uri, ctx.run_id, {"before": before, "after": after}, "exact_match_by_family.json")
+    if cfg.sweep is None:
+        plot_curves(ctx)
+    headline = f"exact match {before['all']:.0%} -> {after['all']:.0%}, {cfg.method} {trainable / total:.2%} params"
+    return Artifact(str(ctx.output_dir), "model", ctx.run_id, ctx.cache_key, metrics, headline)
+
+
+def _encode(path: Path, examples, tokenizer, context: int) -> list[tuple[list[int], list[int]]]:
+    """Token pairs of a split; an example longer than the context is an error naming its line."""
+    pairs = []
+    for line, e in enumerate(examples, start=1):
+        ids, labels = encode_pair(tokenizer, e.prompt, e.response)
+        if len(ids) > context:
+            raise ValueError(f"{path}:{line}: prompt + response is {len(ids)} tokens, more than the model's "
+                             f"context of {context} (shorten it or drop it)")
+        pairs.append((ids, labels))
+    return pairs
+
+
+def trainer_for(cfg: FinetuneConfig, loop_config: dict, ctx: StepContext, name: str, callbacks: list) -> TorchTrainer:
+    """One distributed fine-tuning run (also a sweep trial's): ctx.workers Ray Train workers."""
+    return TorchTrainer(
+        train_loop,
+        train_loop_config={**loop_config, "cfg": cfg.model_dump()},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=ctx.workers,
+            use_gpu=ctx.gpus_per_worker > 0,
+            resources_per_worker={"CPU": ctx.cpus_per_worker, **({"GPU": ctx.gpus_per_worker} if ctx.gpus_per_worker else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,  # depends only on the cache key: a re-run resumes from the latest checkpoint
+            storage_path=str(ctx.storage_path),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
+        ),
+    )
+
+
+def _train(cfg: FinetuneConfig, loop_config: dict, ctx: StepContext) -> Path:
+    shown = ("step", "loss", "val_loss", "examples_per_s")
+    trainer = trainer_for(cfg, loop_config, ctx, f"{ctx.step}-{ctx.cache_key[:16]}",
+                          [ReportToLineage(ctx.tracking_uri, ctx.run_id, ctx.progress, shown)])
+    result = trainer.fit()
+    local = Path(tempfile.mkdtemp(prefix="finetune-export-"))
+    with result.checkpoint.as_directory() as directory:
+        shutil.copytree(directory, local, dirs_exist_ok=True)
+    return local
+
+
+def _load_tuned(directory: Path, cfg: FinetuneConfig):
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    if cfg.method == "prompt_tuning":  # the soft prompt does not fold into weights
+        import peft
+
+        model = peft.PeftModel.from_pretrained(model, directory / "adapter")
+    return model
+
+
+def _sizes(directory: Path) -> dict[str, float]:
+    """Bytes of the adapter and of the model weights, and their ratio."""
+    model_bytes = sum(p.stat().st_size for p in directory.glob("*.safetensors"))
+    adapter_bytes = sum(p.stat().st_size for p in (directory / "adapter").glob("*.safetensors"))
+    sizes = {"model_bytes": float(model_bytes)}
+    if adapter_bytes:
+        sizes.update(adapter_bytes=float(adapter_bytes), adapter_share=adapter_bytes / model_bytes)
+    return sizes
+
+
+def _log_inputs(ctx: StepContext, instructions_step: str, instructions: Artifact, corpus_step: str, corpus: Artifact) -> None:
+    """The same dataset names and digests as the upstream steps logged, so lineage lines up."""
+    for split in ("train", "validation", "test"):
+        tracking.log_dataset(ctx.tracking_uri, ctx.run_id, f"{instructions_step}/{split}",
+                             str(instructions.metrics.get(f"digest_{split}", "")), instructions.uri, split,
+                             {"examples": int(instructions.metrics.get(f"{split}_examples", 0))})
+    tracking.log_dataset(ctx.tracking_uri, ctx.run_id, f"{corpus_step}/validation",
+                         str(corpus.metrics.get("digest_validation", "")), corpus.uri, "forgetting", {})
