@@ -136,6 +136,13 @@ def start_ray(address: str | None) -> bool:
     # Worker output would tear the live table; it stays in Ray's session logs. The dashboard
     # stays on: Ray Train's placement-group cleaner asks its State API whether a trainer died.
     ray.init(address=address or "local", log_to_driver=False, configure_logging=False)
+    if not address:
+        # Record this cluster as the current one, as `ray start` does: Ray's State API clients
+        # inside it (Ray Train's placement-group cleaner, which frees a killed trainer's CPUs)
+        # look the address up there, and would otherwise ask a stale cluster.
+        from ray._private.utils import write_ray_address
+
+        write_ray_address(ray.get_runtime_context().gcs_address)
     return True
 
 
