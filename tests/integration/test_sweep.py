@@ -27,9 +27,11 @@ def sweep_spec(tmp_path):
         "test_examples": 20, "eval_tokens": 1000, "lr": 3e-2,
         "sweep": {"ranks": RANKS, "grace_period": 2, "reduction_factor": 2},  # first rung: step 20
     }
-    # The next step starts from the sweep's best model: a few IA3 steps on top of it.
+    # The next step starts from the sweep's best model: a few IA3 steps on top of it, with
+    # pretraining text replayed in each batch.
     steps["polish"] = {"uses": "finetune", "needs": ["sweep", "instructions", "corpus"],
-                       "with": {"method": "ia3", "max_steps": 6, "warmup_steps": 1, "eval_every": 6, "test_examples": 20, "eval_tokens": 1000}}
+                       "with": {"method": "ia3", "max_steps": 6, "warmup_steps": 1, "eval_every": 6, "test_examples": 20,
+                                "eval_tokens": 1000, "replay_fraction": 0.25}}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
     return str(path)
