@@ -339,3 +339,52 @@ def _is_number(v: Any) -> bool:
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) pairs of one metric, in step order."""
     return sorted((m.step, m.value) for m in _client(uri).get_metric_history(run_id, key))
+
+
+def run_metrics(uri: str, run_id: str) -> dict[str, float]:
+    """The latest value of every metric of a run."""
+    return dict(_client(uri).get_run(run_id).data.metrics)
+
+
+def model_version_by_alias(uri: str, name: str, alias: str) -> dict[str, Any] | None:
+    """{version, run_id, evaluation_run} of the version of `name` holding `alias`, or None."""
+    client = _client(uri)
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except Exception:  # no such model or alias: nothing deployed yet
+        return None
+    return {"version": str(mv.version), "run_id": mv.run_id, "evaluation_run": mv.tags.get(TAG + "evaluation_run")}
+
+
+def set_model_alias(uri: str, name: str, alias: str, version: str) -> None:
+    """Point `alias` (e.g. production) at a version of a registered model."""
+    _client(uri).set_registered_model_alias(name, alias, version)
+
+
+def tag_model_version(uri: str, name: str, version: str, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        _client(uri).set_model_version_tag(name, version, key, value)
+
+
+def evaluations(uri: str, workflow_run_id: str) -> list[dict[str, Any]]:
+    """One row per evaluate step of a workflow run, in run order: step, model (the step it scored), metrics.
+
+    Cached evaluate steps count too: the workflow's summary names the run each step used.
+    """
+    client = _client(uri)
+    parent = client.get_run(workflow_run_id)
+    summary = json.loads(parent.data.tags.get(TAG + "summary", "{}"))
+    if not summary:  # still running or killed: its own step runs
+        exp = parent.info.experiment_id
+        children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{workflow_run_id}'", order_by=["attributes.start_time ASC"])
+        summary = {c.data.tags.get(TAG + "step", c.info.run_name): {"run_id": c.info.run_id} for c in children}
+    rows = []
+    for step, row in summary.items():
+        if not row.get("run_id"):
+            continue
+        run = client.get_run(row["run_id"])
+        if run.data.tags.get(TAG + "phase") != "evaluate" or run.info.status != "FINISHED":
+            continue
+        rows.append({"step": step, "model": run.data.tags.get(TAG + "evaluated", step), "run_id": row["run_id"],
+                     "metrics": dict(run.data.metrics)})
+    return rows

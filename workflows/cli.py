@@ -1,4 +1,4 @@
-"""The `lifecycle` command: run, validate, plan, lineage, status.
+"""The `lifecycle` command: run, validate, plan, lineage, report, status.
 
 Exit codes: 0 success, 1 a step failed, 2 bad input (nothing started, nothing written).
 """
@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     lineage.add_argument("--workdir", default=DEFAULT_WORKDIR)
     lineage.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    report = sub.add_parser("report", help="the evaluation report of a workflow run: every checkpoint against every metric")
+    report.add_argument("run_id", nargs="?", help="the workflow's MLflow run id (default: the latest run)")
+    report.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    report.add_argument("--html", metavar="FILE", help="also write the HTML report (tables and plots) here")
+
     status = sub.add_parser("status", help="recent workflow runs and their steps")
     status.add_argument("--workdir", default=DEFAULT_WORKDIR)
     status.add_argument("--limit", type=int, default=5)
@@ -60,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             return _lineage(args, console)
         if args.command == "status":
             return _status(args, console)
+        if args.command == "report":
+            return _report(args, console)
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -78,6 +85,12 @@ def _run(args, console: Console) -> int:
         report = o.artifact.path / "report.md" if o.artifact else None
         if report and report.exists():
             console.print(report.read_text(), markup=False, highlight=False)
+    if any(o.phase == "evaluate" and o.artifact for o in outcomes):
+        from components import tracking
+        from components.evaluate.report import markdown
+
+        rows = tracking.evaluations(tracking.tracking_uri_for(Path(args.workdir)), run_id)
+        console.print(markdown(rows), markup=False, highlight=False)
     failed = [o for o in outcomes if o.state == "failed"]
     for o in failed:
         console.print(f"[red]step {o.step} failed:[/red] {o.error}")
@@ -113,6 +126,29 @@ def _lineage(args, console: Console) -> int:
         datasets = "\n".join(f"{d['name']} ({d['digest']})" for d in node["datasets"])
         table.add_row(node["step"], node["phase"], node["run_id"], node["model"], datasets, ",".join(i[:8] for i in node["inputs"]))
     console.print(table)
+    return 0
+
+
+def _report(args, console: Console) -> int:
+    from components import tracking
+    from components.evaluate import report
+
+    uri = _tracking_uri(args.workdir)
+    run_id = args.run_id
+    if run_id is None:
+        latest = tracking.recent_workflows(uri, 1)
+        if not latest:
+            raise SpecError(f"{args.workdir}: no workflow runs yet")
+        run_id = latest[0]["run_id"]
+    try:
+        rows = tracking.evaluations(uri, run_id)
+    except Exception as e:  # unknown run id
+        raise SpecError(f"{run_id}: not a workflow run in {args.workdir}: {str(e).splitlines()[0]}") from None
+    console.print(report.markdown(rows, f"Evaluation report of run {run_id}"), markup=False, highlight=False)
+    if args.html:
+        fig = report.figure(rows) if rows else None
+        Path(args.html).write_text(report.html_page(rows, fig, f"Evaluation report of run {run_id}"))
+        console.print(f"wrote {args.html}")
     return 0
 
 

@@ -105,10 +105,14 @@ def execute_step(job: dict[str, Any], board, *upstream: Artifact) -> Artifact:
         os.replace(scratch, final)
         artifact = dataclasses.replace(artifact, uri=str(final))
         if artifact.kind == "model":
-            version = tracking.register_model(uri, run_id, f"{job['workflow']}-{name}", final.as_uri())
+            registered = f"{job['workflow']}-{name}"
+            version = tracking.register_model(uri, run_id, registered, final.as_uri())
             if (final / "adapter").is_dir():  # a PEFT adapter travels with the merged model
-                tracking.register_model(uri, run_id, f"{job['workflow']}-{name}-adapter", (final / "adapter").as_uri())
-            artifact = dataclasses.replace(artifact, headline=f"{artifact.headline} (v{version})".strip())
+                tracking.register_model(uri, run_id, f"{registered}-adapter", (final / "adapter").as_uri())
+            artifact = dataclasses.replace(
+                artifact, headline=f"{artifact.headline} (v{version})".strip(),
+                metrics={**artifact.metrics, "registered_model": registered, "registered_version": version},
+            )
         tracking.finish_step(uri, run_id, artifact)
     except BaseException:
         tracking.end_run(uri, run_id, "FAILED")
@@ -194,7 +198,12 @@ def run(resolved: Resolved, workdir: Path, address: str | None = None, display=N
         status = "KILLED"
         raise
     finally:
-        tracking.set_tags(uri, parent, {"lifecycle.summary": json.dumps({o.step: _summary(o) for o in outcomes.values()})})
+        summary = {n: _summary(outcomes[n]) for n in resolved.order if n in outcomes}
+        tracking.set_tags(uri, parent, {"lifecycle.summary": json.dumps(summary)})
+        if any(o.phase == "evaluate" and o.artifact for o in outcomes.values()):
+            from components.evaluate.report import publish
+
+            publish(uri, parent)  # the comparison report of every evaluated checkpoint, on the workflow's run
         tracking.end_run(uri, parent, status)
         if started_ray:
             ray.shutdown()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 class Phase:
     config: str  # "module:Class" of the pydantic config
     run: str  # "module:function" with the step contract
-    needs: tuple[str, ...]  # artifact kinds it consumes, one upstream each
+    needs: tuple[str, ...]  # artifact kinds it consumes, one upstream each; "kind?" is optional
     produces: str  # artifact kind it returns
     summary: str
     check: str | None = None  # "module:function" run on the config before Ray starts
@@ -42,6 +42,15 @@ PHASES: dict[str, Phase] = {
     "finetune": Phase(
         "components.finetune.config:FinetuneConfig", "components.finetune.step:run", ("model", "instructions", "dataset"), "model",
         "instruction-tune a model (LoRA, prompt tuning, IA3, selective or full) with Ray Train; optional Ray Tune rank sweep",
+    ),
+    "evaluate": Phase(
+        "components.evaluate.config:EvaluateConfig", "components.evaluate.step:run", ("model", "instructions?", "dataset?"),
+        "evaluation", "score a model (perplexity, exact match, ROUGE, BLEU, benchmark suites) on Ray Data replicas",
+        check="components.evaluate.step:check",
+    ),
+    "gate": Phase(
+        "components.evaluate.config:GateConfig", "components.evaluate.gate:run", ("evaluation",), "approval",
+        "let an evaluated model through to deploy only if it meets thresholds and does not regress",
     ),
 }
 

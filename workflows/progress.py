@@ -19,6 +19,8 @@ def _metric(row: dict[str, Any]) -> str:
     parts = [f"trial {m['trial']}"] if "trial" in m else []  # a sweep shows which trial is training
     if "step" in m:
         parts.append(f"step {int(m['step'])}")
+    if "scored" in m:  # evaluation: work items answered so far
+        parts.append(f"{int(m['scored'])}/{int(m['items'])} items")
     if "loss" in m:
         parts.append(f"loss {m['loss']:.3f}")
     if "val_loss" in m:
@@ -66,8 +68,8 @@ class Display:
             if self.seen.get(name) != state and state != "waiting":
                 self.seen[name] = state
                 self.console.print(f"[{time.strftime('%H:%M:%S')}] {name}: {state} {_metric(row)}", highlight=False)
-            elif state == "running" and row.get("metrics") and self.seen.get(name + "/m") != str(row["metrics"].get("step")):
-                self.seen[name + "/m"] = str(row["metrics"].get("step"))
+            elif state == "running" and row.get("metrics") and self.seen.get(name + "/m") != str(row["metrics"]):
+                self.seen[name + "/m"] = str(row["metrics"])
                 self.console.print(f"[{time.strftime('%H:%M:%S')}] {name}: {_metric(row)}", highlight=False)
 
 

@@ -156,14 +156,26 @@ def validate(document: dict, path: str, text: str = "") -> Resolved:
         raise SpecError(f"{path}: the steps form a cycle: {' -> '.join(e.args[1])}") from None
     for name, step in spec.steps.items():
         got = sorted(PHASES[spec.steps[n].uses].produces for n in step.needs)
-        want = sorted(PHASES[step.uses].needs)
-        if got != want:
+        want = PHASES[step.uses].needs
+        if not needs_match(want, got):
             raise SpecError(
                 _at(path, lines, ("steps", name, "needs"),
-                    f"step '{name}', field 'needs': phase '{step.uses}' consumes {want or 'nothing'} "
+                    f"step '{name}', field 'needs': phase '{step.uses}' consumes {sorted(want) or 'nothing'} "
                     f"but its needs provide {got or 'nothing'}")
             )
     return Resolved(path, spec, configs, order, spec.model_dump(by_alias=True))
+
+
+def needs_match(want: tuple[str, ...], got: list[str]) -> bool:
+    """Whether upstream artifact kinds `got` fit a phase's needs: one of each kind, "kind?" optional."""
+    required = sorted(k for k in want if not k.endswith("?"))
+    optional = {k[:-1] for k in want if k.endswith("?")}
+    rest = list(got)
+    for kind in required:
+        if kind not in rest:
+            return False
+        rest.remove(kind)
+    return len(rest) == len(set(rest)) and set(rest) <= optional
 
 
 def _explain(error: ValidationError, path: str, lines: dict, prefix: tuple, step: str | None = None) -> str:

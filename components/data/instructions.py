@@ -1,5 +1,6 @@
 """Instruction data: a bundled, seeded task generator, the Alpaca prompt/chat templates, jsonl
-loaders for Alpaca and chat formats, a hash split, multi-task mixing and exact-match scoring.
+loaders for Alpaca and chat formats, a hash split, multi-task mixing and exact-match scoring
+(`exact_match` now lives in components.core.metrics and is re-exported here).
 
 An `Example` holds the full model input (`prompt`, already formatted with `PROMPT_TEMPLATE`) and
 the target `response` (no eos; the fine-tuning phase appends it). Malformed files raise
@@ -17,6 +18,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from components.core.metrics import exact_match  # noqa: F401
 from components.data.corpus import DataError, _unit_hash, jsonl_records, write_records_jsonl
 
 
@@ -246,19 +248,6 @@ def mix_by_weights(
         mixed.extend(rng.sample(pool, rest))
     rng.shuffle(mixed)
     return mixed
-
-
-def exact_match(prediction: str, reference: str) -> bool:
-    """Equality after stripping whitespace and trailing .,;:!? from both.
-
-    Trailing punctuation and surrounding whitespace are formatting a model may add or drop
-    ("19." for "19"), but case stays significant: the tasks copy names and words exactly
-    ("Rome", "The cat is red."), so a case error is a wrong answer.
-    """
-    def norm(s: str) -> str:
-        return s.strip().rstrip(".,;:!?").rstrip()
-
-    return norm(prediction) == norm(reference)
 
 
 # --- jsonl files --------------------------------------------------------------------------

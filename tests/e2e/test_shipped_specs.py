@@ -24,14 +24,37 @@ def loss_history(workdir, step):
     return [m.value for m in client.get_metric_history(step_run(workdir, step).info.run_id, "loss")]
 
 
-def test_smoke_spec(ray_address, tmp_path):
-    out = lifecycle("run", str(ROOT / "workflows" / "smoke.yaml"), "--workdir", str(tmp_path), "--address", ray_address, timeout=600)
+def test_smoke_spec_evaluates_gates_and_blocks_a_regression(ray_address, tmp_path):
+    spec = str(ROOT / "workflows" / "smoke.yaml")
+    out = lifecycle("run", spec, "--workdir", str(tmp_path), "--address", ray_address, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "workflow run" in out.stdout and "ppl" in out.stdout
     assert pretrain_metrics(tmp_path)["ppl_final"] < pretrain_metrics(tmp_path)["ppl_initial"] / 4
     losses = loss_history(tmp_path, "finetune")  # response-token loss: instruction tuning learns
     assert losses[-1] < losses[0] * 0.85, losses
     assert list((tmp_path / "artifacts").glob("finetune-*/adapter/adapter_model.safetensors"))
+
+    # Evaluation through Ray Data: every metric family, and the report printed at the end.
+    scores = step_run(tmp_path, "evaluate").data.metrics
+    for key in ("perplexity", "response_nll", "exact_match", "exact_match_add", "rougeL_f1", "bleu", "tokens_per_s",
+                "accuracy_sst2", "accuracy_mnli", "accuracy_boolq", "accuracy_mmlu", "ece_mmlu", "robustness_boolq"):
+        assert key in scores, key
+    assert 0 < scores["perplexity"] < 1000 and scores["tokens_per_s"] > 0
+    assert "| finetune | evaluate |" in out.stdout
+    gate = step_run(tmp_path, "gate")
+    assert gate.data.tags["lifecycle.gate"] == "passed"
+    runs = json.loads(lifecycle("status", "--workdir", str(tmp_path), "--json").stdout)
+    report = lifecycle("report", runs[0]["run_id"], "--workdir", str(tmp_path), "--html", str(tmp_path / "r.html"))
+    assert report.returncode == 0 and "response_nll" in report.stdout and "<img" in (tmp_path / "r.html").read_text()
+
+    # Deploy would set this alias; then a barely trained model must not replace the deployed one.
+    uri = tracking.tracking_uri_for(tmp_path)
+    tracking.set_model_alias(uri, "smoke-finetune", "production", "1")
+    worse = lifecycle("run", spec, "finetune.max_steps=2", "finetune.warmup_steps=1", "--workdir", str(tmp_path),
+                      "--address", ray_address, timeout=600)
+    assert worse.returncode == 1, worse.stdout + worse.stderr
+    assert "gate blocked finetune: response_nll" in worse.stdout and "from the deployed" in worse.stdout
+    assert tracking.model_version_by_alias(uri, "smoke-finetune", "production")["version"] == "1"
 
 
 def test_tiny_spec_cuts_perplexity_tenfold_then_reruns_fully_cached(ray_address, tmp_path):

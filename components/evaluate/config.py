@@ -1,0 +1,65 @@
+"""Typed config of the evaluate phase (`uses: evaluate`) and of the gate (`uses: gate`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+BENCHMARKS = ("sst2", "mnli", "boolq", "mmlu", "rte")  # components.data.benchmarks.FORMATS; rte has no bundled copy
+PERTURBATIONS = ("typo", "case", "whitespace")
+
+
+class EvaluateConfig(BaseModel):
+    """Score one model on held-out text, the instruction test split and benchmark suites (via Ray Data)."""
+
+    model_config = ConfigDict(extra="forbid")
+    eval_tokens: int = Field(20000, ge=100, description="Validation-corpus tokens scored for perplexity (needs a dataset input).")
+    segment_tokens: int = Field(2048, ge=64, description="Tokens per perplexity work item; each is scored with a sliding window.")
+    test_examples: int = Field(300, ge=1, description="Instruction test examples answered greedily (needs an instructions input).")
+    max_new_tokens: int = Field(16, ge=1, description="Generation budget per instruction answer, in tokens.")
+    benchmarks: list[str] = Field(
+        default_factory=lambda: ["sst2", "mnli", "boolq", "mmlu"],
+        description=f"Suites scored by option log-likelihood: any of {', '.join(BENCHMARKS)} (bundled copies but rte's).",
+    )
+    benchmark_paths: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per suite, a local file/directory in its public format or 'hf:<dataset>[/<config>]' instead of the bundled copy.",
+    )
+    benchmark_limit: int | None = Field(None, ge=1, description="Items per suite at most (None: all).")
+    perturbations: list[Literal["typo", "case", "whitespace"]] = Field(
+        default_factory=lambda: ["typo"], description="Prompt perturbations for the robustness axis (accuracy on perturbed prompts)."
+    )
+    lm_eval_tasks: list[str] = Field(
+        default_factory=list, description="EleutherAI lm-evaluation-harness tasks to run too (needs `lm_eval` installed)."
+    )
+    batch_size: int = Field(16, ge=1, description="Work items per Ray Data batch on a model replica.")
+    replicas: int | None = Field(None, ge=1, description="Model replicas (Ray Data actors) at most; None: the spec's scale.workers.")
+    seed: int = Field(0, description="Seed of the prompt perturbations.")
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name not in BENCHMARKS:
+                raise ValueError(f"unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})")
+        return value
+
+
+class GateConfig(BaseModel):
+    """Rules a model's evaluation must pass before it may be deployed."""
+
+    model_config = ConfigDict(extra="forbid")
+    min: dict[str, float] = Field(default_factory=dict, description="Metric floors, e.g. {exact_match: 0.6}.")
+    max: dict[str, float] = Field(default_factory=dict, description="Metric ceilings, e.g. {perplexity: 200}.")
+    no_regression: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per metric, the largest allowed drop below the deployed version (same registered model, "
+        "alias `baseline_alias`), in the metric's units; e.g. {exact_match: 0.01} is one point.",
+    )
+    lower_is_better: list[str] = Field(
+        default_factory=lambda: ["perplexity", "response_nll", "calibration_ece"],
+        description="Metrics where a rise (not a drop) is the regression.",
+    )
+    baseline_alias: str = Field("production", description="MLflow model alias of the deployed version to compare against.")
+    on_fail: Literal["block", "warn"] = Field("block", description="block: fail the step and stop the deploy; warn: log and pass.")

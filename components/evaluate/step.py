@@ -1,0 +1,211 @@
+"""Ray wiring of the evaluate phase: build work items, score them on model replicas with Ray Data, summarise.
+
+One evaluate step scores one model; several evaluate steps (one per checkpoint) run in parallel
+in the DAG, and the workflow's report puts them side by side (components/evaluate/report.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import ray
+import ray.data
+from transformers import AutoTokenizer
+
+from components import tracking
+from components.artifact import Artifact, StepContext
+from components.core import metrics as M
+from components.data.benchmarks import Item, bundled_path, load_benchmark, perturb
+from components.data.corpus import DataError, read_jsonl
+from components.data.instructions import Example, read_examples_jsonl
+from components.evaluate.config import EvaluateConfig
+from components.evaluate.replica import ModelReplica
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a work item is for, kept on the driver: (section, detail) by request id."""
+
+    section: str  # "ppl", "instructions", "response" (reference answer's likelihood) or "benchmark"
+    example: Example | None = None
+    item: Item | None = None
+    variant: str = ""  # "" (original prompt) or a perturbation kind
+
+
+def check(cfg: EvaluateConfig) -> EvaluateConfig:
+    """Before Ray starts: benchmark files load, lm_eval is installed when tasks ask for it."""
+    for task in cfg.benchmarks:
+        path = cfg.benchmark_paths.get(task)
+        if path is None:
+            try:
+                bundled_path(task)
+            except DataError as e:
+                raise ValueError(f"field 'benchmark_paths.{task}': {e}") from None
+        elif not path.startswith("hf:") and not os.path.exists(path):
+            raise ValueError(f"field 'benchmark_paths.{task}': {path} does not exist")
+    for task in set(cfg.benchmark_paths) - set(cfg.benchmarks):
+        raise ValueError(f"field 'benchmark_paths.{task}': {task!r} is not in benchmarks {cfg.benchmarks}")
+    if cfg.lm_eval_tasks:
+        from components.data.benchmarks import lm_eval_available
+
+        if not lm_eval_available():
+            raise ValueError("field 'lm_eval_tasks': EleutherAI lm-evaluation-harness is not installed (pip install lm-eval)")
+    return cfg
+
+
+def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
+    """Score the model input; returns an `evaluation` artifact (scores.json, predictions.jsonl)."""
+    model_step, model = next((n, a) for n, a in inputs.items() if a.kind == "model")
+    instructions = next((a for a in inputs.values() if a.kind == "instructions"), None)
+    corpus = next((a for a in inputs.values() if a.kind == "dataset"), None)
+    tokenizer = AutoTokenizer.from_pretrained(model.path)
+
+    # 1. Work items: perplexity segments, instruction prompts, benchmark items (and perturbed copies).
+    rows, requests = [], []
+
+    def add(request: Request, kind: str, text: str = "", options=(), tokens=()):
+        rows.append({"id": len(rows), "kind": kind, "text": text, "options": list(options), "tokens": list(tokens)})
+        requests.append(request)
+
+    if corpus is not None:
+        for segment in _segments(read_jsonl(corpus.path / "validation.jsonl"), tokenizer, cfg.eval_tokens, cfg.segment_tokens):
+            add(Request("ppl"), "nll", tokens=segment)
+    if instructions is not None:
+        for example in read_examples_jsonl(instructions.path / "test.jsonl")[: cfg.test_examples]:
+            add(Request("instructions", example=example), "generate", example.prompt)
+            add(Request("response", example=example), "choice", example.prompt, [example.response + tokenizer.eos_token])
+    for task in cfg.benchmarks:
+        for item in load_benchmark(task, cfg.benchmark_paths.get(task), limit=cfg.benchmark_limit):
+            add(Request("benchmark", item=item), "choice", item.context, item.options)
+            for kind in cfg.perturbations:
+                add(Request("benchmark", item=item, variant=kind), "choice", _perturbed(item.context, kind, cfg.seed), item.options)
+
+    # 2. Score them on model replicas: a Ray Data actor pool, one model copy per actor.
+    results = _score(rows, str(model.path), cfg, ctx)
+
+    # 3. Summarise into metrics, write the artifact, log to the step's run.
+    scores = summarise(requests, results, cfg)
+    if cfg.lm_eval_tasks:
+        from components.data.benchmarks import run_lm_eval
+
+        scores.update({f"lm_eval_{k}": v for k, v in _flat_numbers(run_lm_eval(str(model.path), cfg.lm_eval_tasks)).items()})
+    (ctx.output_dir / "scores.json").write_text(json.dumps(scores, indent=1, sort_keys=True))
+    with open(ctx.output_dir / "predictions.jsonl", "w") as f:
+        for request, result in zip(requests, results):
+            if request.section == "instructions":
+                f.write(json.dumps({"family": request.example.family, "prompt": request.example.prompt,
+                                    "reference": request.example.response, "answer": result["answer"]}) + "\n")
+    tracking.set_tags(ctx.tracking_uri, ctx.run_id, {"lifecycle.evaluated": model_step, "lifecycle.evaluated_run": model.run_id})
+    tracking.log_metrics(ctx.tracking_uri, ctx.run_id, scores)
+    tracking.log_dict(ctx.tracking_uri, ctx.run_id, scores, "scores.json")
+    headline = ", ".join(f"{k} {scores[k]:.3g}" for k in ("perplexity", "exact_match", "accuracy") if k in scores)
+    info = {"evaluated_step": model_step, "model_uri": model.uri, "model_run_id": model.run_id,
+            **{k: model.metrics[k] for k in ("registered_model", "registered_version") if k in model.metrics}}
+    return Artifact(str(ctx.output_dir), "evaluation", ctx.run_id, ctx.cache_key, {**scores, **info}, f"{model_step}: {headline}")
+
+
+def _score(rows: list[dict], model_dir: str, cfg: EvaluateConfig, ctx: StepContext) -> list[dict]:
+    """Each row's outputs, in row order, computed by `ModelReplica` actors through Ray Data."""
+    data_context = ray.data.DataContext.get_current()
+    data_context.enable_progress_bars = False  # the workflow's own table shows progress
+    replicas = min(cfg.replicas or ctx.workers, max(1, math.ceil(len(rows) / cfg.batch_size)))
+    resources = {"num_gpus": ctx.gpus_per_worker} if ctx.gpus_per_worker else {}
+    scored = ray.data.from_items(rows).map_batches(
+        ModelReplica,
+        fn_constructor_kwargs={"model_dir": model_dir, "max_new_tokens": cfg.max_new_tokens, "threads": max(1, int(ctx.cpus_per_worker))},
+        batch_size=cfg.batch_size,
+        batch_format="pandas",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=replicas),
+        num_cpus=ctx.cpus_per_worker,
+        **resources,
+    )
+    results: dict[int, dict] = {}
+    for row in scored.iter_rows():
+        results[int(row["id"])] = row
+        if len(results) % 100 == 0 or len(results) == len(rows):
+            ctx.progress({"scored": len(results), "items": len(rows)})
+    return [results[i] for i in range(len(rows))]
+
+
+def summarise(requests: list[Request], results: list[dict], cfg: EvaluateConfig) -> dict[str, float]:
+    """Metrics from per-item outputs: perplexity, exact match / ROUGE / BLEU / response NLL, and the
+    HELM-style benchmark axes.
+
+    Benchmark axes per suite: accuracy on the original prompts; ECE of the softmax over options;
+    robustness = the worst accuracy over the perturbed prompts. Averaged over suites into
+    `accuracy`, `calibration_ece`, `robustness`. `tokens_per_s`: generated tokens per second of
+    replica time.
+    """
+    scores: dict[str, float] = {}
+    ppl = [r for q, r in zip(requests, results) if q.section == "ppl"]
+    if ppl:
+        scores["perplexity"] = math.exp(sum(r["nll"] for r in ppl) / sum(r["count"] for r in ppl))
+
+    instr = [(q.example, r) for q, r in zip(requests, results) if q.section == "instructions"]
+    if instr:
+        answers, references = [r["answer"] for _, r in instr], [e.response for e, _ in instr]
+        scores["exact_match"] = M.exact_match_rate(answers, references)
+        for family in sorted({e.family for e, _ in instr}):
+            pairs = [(r["answer"], e.response) for e, r in instr if e.family == family]
+            scores[f"exact_match_{family}"] = M.exact_match_rate(*map(list, zip(*pairs)))
+        scores.update(M.rouge(answers, references))
+        scores["bleu"] = M.bleu(answers, references)
+        # Teacher-forced: how likely the reference answer (and its eos) is, in nats per example.
+        responses = [r["logprobs"][0] for q, r in zip(requests, results) if q.section == "response"]
+        scores["response_nll"] = -sum(responses) / len(responses)
+        seconds = sum(r["seconds"] for _, r in instr)
+        scores["tokens_per_s"] = sum(r["new_tokens"] for _, r in instr) / seconds if seconds else 0.0
+
+    bench = [(q, r) for q, r in zip(requests, results) if q.section == "benchmark"]
+    tasks = sorted({q.item.task for q, _ in bench})
+    for task in tasks:
+        by_variant: dict[str, list[tuple[Item, list[float]]]] = {}
+        for q, r in bench:
+            if q.item.task == task:
+                by_variant.setdefault(q.variant, []).append((q.item, list(r["logprobs"])))
+        original = by_variant.pop("")
+        correct = [M.choose(lp) == item.label for item, lp in original]
+        confidence = [max(M.option_probabilities(lp)) for _, lp in original]
+        scores[f"accuracy_{task}"] = sum(correct) / len(correct)
+        scores[f"ece_{task}"] = M.expected_calibration_error(confidence, correct)
+        for variant, scored in by_variant.items():
+            scores[f"accuracy_{task}_{variant}"] = sum(M.choose(lp) == item.label for item, lp in scored) / len(scored)
+        if by_variant:
+            scores[f"robustness_{task}"] = min(scores[f"accuracy_{task}_{v}"] for v in by_variant)
+    if tasks:
+        scores["accuracy"] = sum(scores[f"accuracy_{t}"] for t in tasks) / len(tasks)
+        scores["calibration_ece"] = sum(scores[f"ece_{t}"] for t in tasks) / len(tasks)
+        if cfg.perturbations:
+            scores["robustness"] = sum(scores[f"robustness_{t}"] for t in tasks) / len(tasks)
+    return scores
+
+
+def _perturbed(context: str, kind: str, seed: int) -> str:
+    """The context perturbed except its last line, the answer cue the options continue."""
+    head, sep, cue = context.rpartition("\n")
+    return perturb(head, kind, seed) + sep + cue if sep else perturb(context, kind, seed)
+
+
+def _segments(docs: list[str], tokenizer, max_tokens: int, segment: int) -> list[list[int]]:
+    """The validation text as one token stream (documents joined by eos), cut into work items."""
+    ids: list[int] = []
+    for encoding in tokenizer.backend_tokenizer.encode_batch(docs, add_special_tokens=False):
+        ids.extend(encoding.ids + [tokenizer.eos_token_id])
+        if len(ids) >= max_tokens:
+            break
+    ids = ids[:max_tokens]
+    return [ids[i : i + segment] for i in range(0, len(ids), segment) if len(ids[i : i + segment]) > 1]
+
+
+def _flat_numbers(d: dict, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}".replace(",", "_").replace(" ", "_")
+        if isinstance(v, dict):
+            out.update(_flat_numbers(v, key + "_"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = float(v)
+    return out
