@@ -147,14 +147,20 @@ def _deepspeed(model, lr, weight_decay, grad_clip, warmup_steps, total_steps, st
         "gradient_clipping": grad_clip,
         "zero_optimization": zero,
         "bf16": {"enabled": bf16},
-        "optimizer": {"type": "AdamW", "params": {"lr": lr, "weight_decay": weight_decay, "betas": [0.9, 0.95]}},
         "scheduler": {
             "type": "WarmupCosineLR",
             "params": {"total_num_steps": total_steps, "warmup_num_steps": warmup_steps, "cos_min_ratio": 0.0, "warmup_min_ratio": 0.0},
         },
         "steps_per_print": 10**9,
     }
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config, dist_init_required=False)
+    adamw = {"lr": lr, "weight_decay": weight_decay, "betas": [0.9, 0.95]}
+    optimizer = None
+    if cpu_offload:  # offloaded states need DeepSpeed's own CPU Adam (a compiled op)
+        config["optimizer"] = {"type": "AdamW", "params": adamw}
+    else:  # torch's AdamW: DeepSpeed's would JIT-compile a fused kernel first (minutes on 2 cores)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], **adamw)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), optimizer=optimizer,
+                                           config=config, dist_init_required=False)
 
     micro = {"n": 0}
 
