@@ -388,3 +388,21 @@ def evaluations(uri: str, workflow_run_id: str) -> list[dict[str, Any]]:
         rows.append({"step": step, "model": run.data.tags.get(TAG + "evaluated", step), "run_id": row["run_id"],
                      "metrics": dict(run.data.metrics)})
     return rows
+
+
+def resolve_model(uri: str, ref: str) -> dict[str, str]:
+    """{name, version, source, run_id} of ``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` or ``NAME`` (latest)."""
+    client = _client(uri)
+    ref = ref.removeprefix("models:/")
+    if "@" in ref:
+        name, _, alias = ref.partition("@")
+        mv = client.get_model_version_by_alias(name.rstrip("/"), alias)
+    elif "/" in ref:
+        name, _, version = ref.partition("/")
+        mv = client.get_model_version(name, version)
+    else:
+        versions = client.search_model_versions(f"name = '{ref}'")
+        if not versions:
+            raise LookupError(f"no registered model named {ref!r}")
+        mv = max(versions, key=lambda v: int(v.version))
+    return {"name": mv.name, "version": str(mv.version), "source": mv.source, "run_id": mv.run_id or ""}

@@ -72,6 +72,19 @@ def ray_address(tmp_path_factory):
             proc.kill()
 
 
+@pytest.fixture(scope="session")
+def serve_port(ray_address) -> int:
+    """The HTTP port of Serve on the test cluster: Serve keeps the port it first started with."""
+    return free_port()
+
+
+def delete_serve_app(name: str) -> None:
+    """Remove a Serve application from the test cluster, freeing its replicas' CPUs."""
+    from ray import serve
+
+    serve.delete(name)
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0

@@ -1,4 +1,4 @@
-"""The `lifecycle` command: run, validate, plan, lineage, report, status.
+"""The `lifecycle` command: run, serve, validate, plan, lineage, report, status.
 
 Exit codes: 0 success, 1 a step failed, 2 bad input (nothing started, nothing written).
 """
@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -28,6 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("overrides", nargs="*", help="KEY.SUB=VALUE, e.g. pretrain.max_steps=100 or scale.workers=1")
     run.add_argument("--workdir", default=DEFAULT_WORKDIR, help="everything the run writes goes here (default ./.lifecycle)")
     run.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to use (default: RAY_ADDRESS, else start a local Ray)")
+    run.add_argument("--no-wait", action="store_true", help="exit when the workflow ends, even if it deployed an endpoint on a local Ray")
+
+    serve = sub.add_parser("serve", help="deploy a registered model on Ray Serve: an OpenAI-compatible API at http://HOST:PORT/v1")
+    serve.add_argument("model", help="models:/NAME/VERSION, models:/NAME@ALIAS, or NAME (its latest version)")
+    serve.add_argument("overrides", nargs="*", help="deploy settings KEY=VALUE, e.g. port=8001 replicas=2 (see components/deploy/config.py)")
+    serve.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    serve.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to use (default: RAY_ADDRESS, else start a local Ray)")
+    serve.add_argument("--no-wait", action="store_true", help="exit once the endpoint answers (it stops with a local Ray)")
 
     check = sub.add_parser("validate", help="validate a spec and its overrides without running anything")
     check.add_argument("spec")
@@ -61,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "run":
             return _run(args, console)
+        if args.command == "serve":
+            return _serve(args, console)
         if args.command == "lineage":
             return _lineage(args, console)
         if args.command == "status":
@@ -78,8 +89,11 @@ def _run(args, console: Console) -> int:
     from workflows import engine
     from workflows.progress import Display, summary_table
 
+    # A local Ray that serves an endpoint stays up after the workflow, until Ctrl-C.
+    hold = not args.no_wait and not args.address and any(
+        s.uses == "deploy" and resolved.configs[n].wait for n, s in resolved.spec.steps.items())
     with Display(console) as display:
-        run_id, outcomes = engine.run(resolved, Path(args.workdir), args.address, display)
+        run_id, outcomes = engine.run(resolved, Path(args.workdir), args.address, display, keep_ray=hold)
     console.print(summary_table(outcomes, run_id))
     for o in outcomes:  # a step's report.md (a sweep's results table) is worth reading here
         report = o.artifact.path / "report.md" if o.artifact else None
@@ -94,7 +108,81 @@ def _run(args, console: Console) -> int:
     failed = [o for o in outcomes if o.state == "failed"]
     for o in failed:
         console.print(f"[red]step {o.step} failed:[/red] {o.error}")
+    endpoints = [o.artifact.metrics["url"] for o in outcomes if o.phase == "deploy" and o.artifact]
+    for o in outcomes:
+        if o.phase == "deploy" and o.artifact:
+            console.print(f"endpoint: {o.artifact.metrics['served_model']} at {o.artifact.metrics['url']}", highlight=False)
+    if hold:
+        if endpoints:
+            _hold(console, endpoints[0])
+        _stop_local_ray()
     return 1 if failed else 0
+
+
+def _serve(args, console: Console) -> int:
+    from pydantic import ValidationError
+
+    from components import tracking
+    from components.deploy.config import DeployConfig
+    from workflows.spec import apply_override
+
+    settings: dict = {}
+    for item in args.overrides:
+        apply_override(settings, item, "lifecycle serve")
+    try:
+        cfg = DeployConfig.model_validate(settings)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise SpecError(f"lifecycle serve: field '{'.'.join(map(str, first['loc']))}': {first['msg']}") from None
+    uri = _tracking_uri(args.workdir)
+    try:
+        found = tracking.resolve_model(uri, args.model)
+    except Exception as e:  # unknown name, version or alias
+        raise SpecError(f"{args.model}: not a registered model in {args.workdir}: {str(e).splitlines()[0]}") from None
+    model_dir = Path(found["source"].removeprefix("file://"))
+    if not (model_dir / "config.json").exists():
+        raise SpecError(f"{args.model}: its files are gone ({model_dir})")
+    from components.deploy.step import adapters_of, start
+    from workflows.engine import start_ray
+
+    started = start_ray(args.address)
+    served = cfg.served_name or found["name"]
+    metadata = {"registered_model": found["name"], "version": found["version"], "run_id": found["run_id"]}
+    url = start(cfg, {"id": served, "path": str(model_dir), "metadata": metadata},
+                adapters_of(model_dir, served, Path(args.workdir) / "artifacts", metadata))
+    console.print(f"serving {served} (models:/{found['name']}/{found['version']}) at {url}")
+    if started and not args.no_wait:
+        _hold(console, url)
+    if started:
+        _stop_local_ray()
+    return 0
+
+
+def _hold(console: Console, url: str) -> None:
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # Ctrl-C and a plain `kill` both stop serving (a shell may start background jobs with SIGINT ignored).
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    console.print(f"serving at {url} (OpenAI API; try: curl {url}/models). Ctrl-C to stop.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping the endpoint")
+
+
+def _stop_local_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
 
 
 def _tracking_uri(workdir: str) -> str:

@@ -76,7 +76,7 @@ class ProgressBoard:
 def execute_step(job: dict[str, Any], board, *upstream: Artifact) -> Artifact:
     """Run one step (or reuse its cached artifact) inside a Ray task; returns its Artifact."""
     name, uri, key = job["step"], job["tracking_uri"], job["cache_key"]
-    cached = tracking.find_cached(uri, key)
+    cached = tracking.find_cached(uri, key) if PHASES[job["phase"]].cache else None
     if cached is not None:
         board.update.remote(name, {"state": "cached", "headline": cached.headline, "run_id": cached.run_id})
         return dataclasses.replace(cached, cached=True)
@@ -150,10 +150,13 @@ def start_ray(address: str | None) -> bool:
     return True
 
 
-def run(resolved: Resolved, workdir: Path, address: str | None = None, display=None) -> tuple[str, list[StepOutcome]]:
+def run(resolved: Resolved, workdir: Path, address: str | None = None, display=None,
+        keep_ray: bool = False) -> tuple[str, list[StepOutcome]]:
     """Execute the workflow; returns the workflow's MLflow run id and one outcome per step.
 
     display: an object with ``update(rows)`` called while steps run (see workflows.progress).
+    keep_ray: leave a local Ray this call started running (its Serve endpoint with it); the
+    caller shuts it down.
     """
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -205,7 +208,7 @@ def run(resolved: Resolved, workdir: Path, address: str | None = None, display=N
 
             publish(uri, parent)  # the comparison report of every evaluated checkpoint, on the workflow's run
         tracking.end_run(uri, parent, status)
-        if started_ray:
+        if started_ray and not keep_ray:
             ray.shutdown()
     return parent, [outcomes[n] for n in resolved.order]
 

@@ -18,6 +18,7 @@ class Phase:
     produces: str  # artifact kind it returns
     summary: str
     check: str | None = None  # "module:function" run on the config before Ray starts
+    cache: bool = True  # False: run every time (a live endpoint is not a file to reuse)
 
 
 PHASES: dict[str, Phase] = {
@@ -51,6 +52,11 @@ PHASES: dict[str, Phase] = {
     "gate": Phase(
         "components.evaluate.config:GateConfig", "components.evaluate.gate:run", ("evaluation",), "approval",
         "let an evaluated model through to deploy only if it meets thresholds and does not regress",
+    ),
+    "deploy": Phase(
+        "components.deploy.config:DeployConfig", "components.deploy.step:run", ("approval",), "endpoint",
+        "serve the approved model (and its LoRA adapter) behind an OpenAI-compatible API on Ray Serve",
+        cache=False,
     ),
 }
 

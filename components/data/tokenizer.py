@@ -7,6 +7,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import PreTrainedTokenizerFast
 
 from components.data.config import TokenizerConfig
+from components.data.instructions import CHAT_TEMPLATE
 
 
 def train_bpe(docs: list[str], cfg: TokenizerConfig) -> PreTrainedTokenizerFast:
@@ -32,7 +33,7 @@ def train_bpe(docs: list[str], cfg: TokenizerConfig) -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     backend.train_from_iterator(docs, trainer=trainer, length=len(docs))
-    return PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=cfg.bos_token,
         eos_token=cfg.eos_token,
@@ -41,6 +42,10 @@ def train_bpe(docs: list[str], cfg: TokenizerConfig) -> PreTrainedTokenizerFast:
         model_max_length=cfg.model_max_length,
         clean_up_tokenization_spaces=False,  # cleanup would rewrite " ." to "." and break round-trips
     )
+    # Saved with the tokenizer, so every model of the lifecycle renders chat messages the way
+    # fine-tuning formats prompts (and the OpenAI chat endpoint can use it).
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
 def tokenize_and_pack(docs: list[str], tokenizer: PreTrainedTokenizerFast, block_size: int) -> np.ndarray:

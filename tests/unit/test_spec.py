@@ -115,6 +115,9 @@ def test_cli_bad_input_exits_2_without_ray_or_workdir(tmp_path):
         ["run", str(bad), "--workdir", str(workdir)],
         ["run", str(tmp_path / "missing.yaml"), "--workdir", str(workdir)],
         ["run", str(write(tmp_path, GOOD)), "pre.max_steps=nope=3", "--workdir", str(workdir)],
+        ["serve", "tiny-finetune", "port=abc", "--workdir", str(workdir)],
+        ["serve", "tiny-finetune", "--workdir", str(workdir)],  # no runs there
+        ["report", "--workdir", str(workdir)],
     ]
     for argv in cases:
         out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, cwd=ROOT, timeout=120)

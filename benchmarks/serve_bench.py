@@ -1,0 +1,166 @@
+"""Serving benchmark: Serve's added latency, dynamic batching's throughput gain, and a bounded load test.
+
+    .venv/bin/python benchmarks/serve_bench.py [--model DIR] [--requests 2000] [--concurrency 32]
+
+Everything runs in one go on a local Ray, side by side, and prints a Markdown table (paste
+it into docs/benchmarks.md):
+
+1. latency: p50 of one short greedy request (8 new tokens) through HTTP + Serve, against the same
+   `generate` call in this process; the difference is what Serve adds.
+2. throughput: 16 concurrent clients, the same requests (32 new tokens each), with
+   `max_batch_size` 16 against 1 (batching off); requests per second and the ratio. This one
+   uses an 11M-parameter model (6 layers, width 384): with the 1M tiny model, HTTP handling,
+   not generation, is most of a request's cost on 2 cores and batching has little to win.
+3. load: REQUESTS requests at CONCURRENCY clients against a small queue; every status code is
+   counted (only 200 and the backpressure codes 429/503 are acceptable) and the replica must
+   still be the same one afterwards (none lost or restarted).
+
+Without --model, untrained GPT-2s are built from config: the tiny workflow's shape (1M parameters)
+for latency and load, 6 x 384 (11M) for throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx  # noqa: E402
+import torch  # noqa: E402
+
+PROMPT = "### Instruction:\nReverse the words: cat dog sun\n\n### Response:\n"
+
+
+def tiny_model(directory: Path, **shape) -> Path:
+    from components.core.models import ModelConfig, build_causal_lm
+    from components.data.config import TokenizerConfig
+    from components.data.instructions import generate_tasks
+    from components.data.tokenizer import train_bpe
+
+    tok = train_bpe([e.prompt + e.response for e in generate_tasks(200, seed=0)], TokenizerConfig(vocab_size=2048))
+    model = build_causal_lm(ModelConfig(**shape), len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
+
+
+def direct_p50(model_dir: Path, runs: int) -> float:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from components.deploy.generation import Params, generate
+
+    torch.set_num_threads(1)  # as a replica runs
+    model, tok = AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
+    params = Params(max_tokens=8, temperature=0)
+    generate(model, tok, [PROMPT], params)  # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        generate(model, tok, [PROMPT], params)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+async def _fire(url: str, n: int, concurrency: int, max_tokens: int = 8) -> tuple[float, Counter, list[float]]:
+    """n completion requests with `concurrency` clients; (seconds, status counts, latencies of the 200s)."""
+    codes: Counter = Counter()
+    latencies: list[float] = []
+    queue = iter(range(n))
+    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=concurrency)) as client:
+        async def worker():
+            for i in queue:
+                start = time.perf_counter()
+                r = await client.post(f"{url}/completions", json={"model": "bench", "prompt": PROMPT, "max_tokens": max_tokens,
+                                                                  "temperature": 0})
+                codes[r.status_code] += 1
+                if r.status_code == 200:
+                    latencies.append(time.perf_counter() - start)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - start, codes, latencies
+
+
+def deploy(model_dir: Path, port: int, **settings) -> str:
+    from components.deploy.config import DeployConfig
+    from components.deploy.step import start
+
+    cfg = DeployConfig(port=port, app_name="bench", **settings)
+    return start(cfg, {"id": "bench", "path": str(model_dir), "metadata": {}}, {})
+
+
+def replica_ids() -> set[str]:
+    import ray
+    from ray.util.state import list_actors
+
+    alive = list_actors(address=ray.get_runtime_context().gcs_address,
+                        filters=[("class_name", "=", "ServeReplica:bench:OpenAIServer"), ("state", "=", "ALIVE")])
+    return {a.actor_id for a in alive}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="a Hugging Face model directory (default: tiny GPT-2 from config)")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--port", type=int, default=8123)
+    args = parser.parse_args()
+
+    import ray
+    from ray import serve
+
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    model_dir = args.model or tiny_model(Path(tempfile.mkdtemp(prefix="bench-model-")))
+    ray.init(address="local", num_cpus=2, log_to_driver=False, configure_logging=False)
+    rows = []
+    try:
+        direct = direct_p50(model_dir, 50)
+        url = deploy(model_dir, args.port, max_batch_size=16, max_ongoing_requests=32)
+        asyncio.run(_fire(url, 20, 1))  # warm-up
+        _, _, one = asyncio.run(_fire(url, 100, 1))
+        served = statistics.median(one)
+        rows.append(("latency p50, one request, 8 tokens", f"{direct * 1000:.1f} ms in-process", f"{served * 1000:.1f} ms via Serve",
+                     f"+{(served - direct) * 1000:.1f} ms"))
+
+        wide = args.model or tiny_model(Path(tempfile.mkdtemp(prefix="bench-model-")), n_layer=6, n_embd=384, n_head=6)
+        n = 96
+        url = deploy(wide, args.port, max_batch_size=16, max_ongoing_requests=32)
+        asyncio.run(_fire(url, 4, 1))
+        seconds_batched, codes_b, _ = asyncio.run(_fire(url, n, 16, max_tokens=32))
+        url = deploy(wide, args.port, max_batch_size=1, max_ongoing_requests=32)
+        asyncio.run(_fire(url, 4, 1))
+        seconds_single, codes_s, _ = asyncio.run(_fire(url, n, 16, max_tokens=32))
+        assert codes_b == codes_s == Counter({200: n}), (codes_b, codes_s)
+        rows.append(("throughput, 16 clients, 32 tokens, 11M model", f"{n / seconds_single:.2f} req/s unbatched", f"{n / seconds_batched:.2f} req/s batched",
+                     f"x{seconds_single / seconds_batched:.2f}"))
+
+        url = deploy(model_dir, args.port, max_batch_size=16, max_ongoing_requests=16, max_queued_requests=16)
+        asyncio.run(_fire(url, 10, 1))
+        before = replica_ids()
+        seconds, codes, latencies = asyncio.run(_fire(url, args.requests, args.concurrency))
+        after = replica_ids()
+        bad = {c: n for c, n in codes.items() if c not in (200, 429, 503)}
+        rows.append((f"load, {args.requests} requests at {args.concurrency} clients", f"{dict(sorted(codes.items()))} in {seconds:.0f}s",
+                     f"p50 {statistics.median(latencies) * 1000:.0f} ms of the 200s",
+                     f"other codes {bad or 'none'}, replicas {'unchanged' if before == after and before else 'CHANGED'}"))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    print("| measure | baseline | measured | result |\n|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

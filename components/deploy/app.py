@@ -1,0 +1,272 @@
+"""The Ray Serve application: a FastAPI ingress speaking the OpenAI HTTP API over one model.
+
+    GET  /v1/models            the served model and its LoRA adapters, with registry metadata
+    POST /v1/completions       prompt(s) -> text; `stream: true` sends server-sent events
+    POST /v1/chat/completions  messages -> the model's chat template -> text
+    GET  /health, /ready       liveness; readiness (model loaded)
+
+Requests merge into dynamic batches (`serve.batch`): one `generate` call per sampling setting
+in a batch. Adapters are multiplexed (`serve.multiplexed`) over one copy of their base model,
+chosen by the request's `model`. Overload is answered with 429 + Retry-After by the replica
+(more than `max_ongoing_requests` in flight) or 503 by Serve (its queue is full), never a hang.
+Only the models named at deploy time can be served: a request names an id, never a path.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route signatures' types at runtime.
+import asyncio
+import hmac
+import json
+import os
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+
+from components.deploy import api
+from components.deploy.config import DeployConfig
+from components.deploy.generation import Completion, Params, count_tokens, generate, stream
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.body, self.headers = status, api.error_body(message, kind, param, code), headers
+
+
+app = FastAPI(title="llm-lifecycle", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@app.exception_handler(ApiError)
+async def _api_error(request: Request, error: ApiError):
+    return JSONResponse(error.body, status_code=error.status, headers=error.headers)
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid(request: Request, error: RequestValidationError):
+    first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
+    param = ".".join(str(p) for p in first["loc"] if p != "body") or None
+    return JSONResponse(api.error_body(f"{param or 'body'}: {first['msg']}", param=param), status_code=422)
+
+
+def build(cfg: DeployConfig, model: dict[str, Any], adapters: dict[str, dict[str, Any]]) -> serve.Application:
+    """The Serve application for `model` ({id, path, metadata}) and `adapters` ({id: {path, base_path, metadata}})."""
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica,
+                              "runtime_env": {"env_vars": {k: v for k, v in os.environ.items() if k == "LIFECYCLE_API_KEY"}}},
+        "max_ongoing_requests": cfg.max_ongoing_requests + 1,  # one above ours: the replica, not Serve, says 429 first
+        "max_queued_requests": cfg.max_queued_requests,
+    }
+    if cfg.autoscaling:
+        options["autoscaling_config"] = cfg.autoscaling.model_dump()
+    else:
+        options["num_replicas"] = cfg.replicas
+    return OpenAIServer.options(**options).bind(cfg.model_dump(), model, adapters)
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+def _usage(done: list[Completion], n: int) -> api.Usage:
+    # Each prompt is counted once however many completions (n) it has, as OpenAI does.
+    prompt = sum(c.prompt_tokens for c in done[::n])
+    completion = sum(c.completion_tokens for c in done)
+    return api.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+class _Adapter:
+    """A multiplexed adapter: its weights live inside the shared PeftModel; eviction deletes them."""
+
+    def __init__(self, server, name: str):
+        self.server, self.name = server, name
+
+    def __del__(self):
+        if self.name in getattr(self.server.peft, "peft_config", {}):
+            self.server.peft.delete_adapter(self.name)
+
+
+@serve.deployment
+@serve.ingress(app)
+class OpenAIServer:
+    def __init__(self, settings: dict, model: dict, adapters: dict):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(max(1, int(settings["cpus_per_replica"])))
+        self.cfg = DeployConfig.model_validate(settings)
+        self.name, self.metadata = model["id"], model.get("metadata", {})
+        self.model = AutoModelForCausalLM.from_pretrained(model["path"]).eval()  # safetensors only
+        self.tokenizer = AutoTokenizer.from_pretrained(model["path"])
+        self.context = getattr(self.model.config, "n_positions", None) or self.model.config.max_position_embeddings
+        self.adapters = adapters
+        self.peft = None  # one base model under every adapter, loaded with the first adapter request
+        self.lock = asyncio.Lock()  # the model is used by one generate call at a time
+        self.in_flight = 0
+        self.api_key = os.environ.get("LIFECYCLE_API_KEY") or None
+        self.batched_generate.set_max_batch_size(self.cfg.max_batch_size)
+        self.batched_generate.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
+
+    # --- routes ---------------------------------------------------------------------------
+
+    @app.get("/health")
+    def health(self):
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    def ready(self):
+        return {"status": "ready", "model": self.name}
+
+    @app.get("/v1/models")
+    def models(self, request: Request):
+        self._authorize(request)
+        entries = [(self.name, self.metadata)] + [(k, v.get("metadata", {})) for k, v in self.adapters.items()]
+        return {"object": "list", "data": [{"id": k, "object": "model", "created": 0, "owned_by": "llm-lifecycle",
+                                            "metadata": meta} for k, meta in entries]}
+
+    @app.post("/v1/completions")
+    async def completions(self, body: api.CompletionRequest, request: Request):
+        self._authorize(request)
+        params = self._params(body, body.max_tokens)
+        prompts = [self._check_prompt(p, params) for p in body.prompt]
+        if body.stream:
+            if len(prompts) > 1 or body.n > 1:
+                raise ApiError(400, "stream supports one prompt and n=1", param="stream")
+            return self._sse(body.model, prompts[0], params, chat=False)
+        with self._slot():
+            done = await asyncio.gather(*(self.batched_generate(body.model, p, params) for p in prompts for _ in range(body.n)))
+        return api.completion_body(body.model, [(c.text, c.finish_reason) for c in done], _usage(done, body.n))
+
+    @app.post("/v1/chat/completions")
+    async def chat(self, body: api.ChatCompletionRequest, request: Request):
+        self._authorize(request)
+        if body.messages[-1].role == "assistant":
+            raise ApiError(400, "the last message must not be the assistant's", param="messages")
+        prompt = self.tokenizer.apply_chat_template([m.model_dump() for m in body.messages], tokenize=False,
+                                                    add_generation_prompt=True)
+        params = self._params(body, body.max_completion_tokens or body.max_tokens)
+        prompt = self._check_prompt(prompt, params)
+        if body.stream:
+            if body.n > 1:
+                raise ApiError(400, "stream supports n=1", param="stream")
+            return self._sse(body.model, prompt, params, chat=True)
+        with self._slot():
+            done = await asyncio.gather(*(self.batched_generate(body.model, prompt, params) for _ in range(body.n)))
+        return api.chat_body(body.model, [(c.text, c.finish_reason) for c in done], _usage(done, body.n))
+
+    # --- batching and models ----------------------------------------------------------------
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)  # both set from the config in __init__
+    async def batched_generate(self, models: list[str], prompts: list[str], params: list[Params]) -> list[Completion]:
+        """A dynamic batch: one generate call per (model, sampling setting); seeded requests alone."""
+        groups: dict[tuple, list[int]] = {}
+        for i, (m, p) in enumerate(zip(models, params)):
+            groups.setdefault((m, p, i if p.seed is not None else None), []).append(i)
+        results: list[Completion | None] = [None] * len(prompts)
+        for (model_id, p, _), rows in groups.items():
+            model = await self._model(model_id)
+            async with self.lock:
+                out = self._run(model, model_id, [prompts[i] for i in rows], p)
+            for i, c in zip(rows, out):
+                results[i] = c
+        return results
+
+    def _run(self, model, model_id: str, prompts: list[str], params: Params) -> list[Completion]:
+        if model is self.peft:
+            self.peft.set_adapter(model_id)
+        return generate(model, self.tokenizer, prompts, params)
+
+    async def _model(self, model_id: str):
+        if model_id == self.name:
+            return self.model
+        if model_id not in self.adapters:
+            raise ApiError(404, f"model {model_id!r} is not served here (see GET /v1/models)", param="model", code="model_not_found")
+        await self.adapter(model_id)  # multiplexed: loads into the shared base on first use, LRU-evicted
+        return self.peft
+
+    @serve.multiplexed(max_num_models_per_replica=4)
+    async def adapter(self, model_id: str) -> _Adapter:
+        import peft
+        from transformers import AutoModelForCausalLM
+
+        spec = self.adapters[model_id]
+        async with self.lock:
+            if self.peft is None:
+                base = AutoModelForCausalLM.from_pretrained(spec["base_path"]).eval()
+                self.peft = peft.PeftModel.from_pretrained(base, spec["path"], adapter_name=model_id).eval()
+            else:
+                self.peft.load_adapter(spec["path"], adapter_name=model_id)
+        return _Adapter(self, model_id)
+
+    # --- request checks -------------------------------------------------------------------
+
+    def _authorize(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+            raise ApiError(401, "missing or wrong API key (Authorization: Bearer ...)", kind="authentication_error",
+                           code="invalid_api_key")
+
+    def _params(self, body, max_tokens: int | None) -> Params:
+        if body.model != self.name and body.model not in self.adapters:
+            raise ApiError(404, f"model {body.model!r} is not served here (see GET /v1/models)", param="model",
+                           code="model_not_found")
+        max_tokens = max_tokens or self.cfg.max_tokens
+        if max_tokens > self.cfg.max_tokens_limit:
+            raise ApiError(400, f"max_tokens {max_tokens} is above this server's limit of {self.cfg.max_tokens_limit}",
+                           param="max_tokens")
+        return Params(max_tokens, body.temperature, body.top_p, tuple(body.stop or ()), body.seed)
+
+    def _check_prompt(self, prompt: str, params: Params) -> str:
+        tokens = count_tokens(self.tokenizer, prompt)
+        if tokens + params.max_tokens > self.context:
+            raise ApiError(400, f"prompt ({tokens} tokens) + max_tokens ({params.max_tokens}) exceeds the model's "
+                           f"context of {self.context} tokens", param="prompt", code="context_length_exceeded")
+        return prompt
+
+    def _slot(self):
+        server = self
+
+        class Slot:  # counts requests in flight; past the limit, 429 with Retry-After
+            def __enter__(self):
+                if server.in_flight >= server.cfg.max_ongoing_requests:
+                    raise ApiError(429, "server busy, retry shortly", kind="rate_limit_error", headers={"Retry-After": "1"})
+                server.in_flight += 1
+
+            def __exit__(self, *exc):
+                server.in_flight -= 1
+
+        return Slot()
+
+    def _sse(self, model_id: str, prompt: str, params: Params, chat: bool) -> StreamingResponse:
+        slot = self._slot()
+        slot.__enter__()  # 429 now, before the stream starts
+        rid = api.new_id("chatcmpl" if chat else "cmpl")
+
+        async def events():
+            try:
+                model = await self._model(model_id)
+                async with self.lock:
+                    if model is self.peft:
+                        self.peft.set_adapter(model_id)
+                    if chat:
+                        yield _event(api.chat_chunk(rid, model_id, 0, {"role": "assistant", "content": ""}, None))
+                    pieces = stream(model, self.tokenizer, prompt, params)
+                    while True:
+                        piece = await asyncio.to_thread(next, pieces, None)
+                        if piece is None:
+                            break
+                        text, finish = piece
+                        chunk = (api.chat_chunk(rid, model_id, 0, {"content": text} if text else {}, finish) if chat
+                                 else api.completion_chunk(rid, model_id, 0, text, finish))
+                        yield _event(chunk)
+                yield "data: [DONE]\n\n"
+            finally:
+                slot.__exit__()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+

@@ -1,0 +1,47 @@
+"""Typed config of the deploy phase (`uses: deploy`) and of `lifecycle serve`."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Autoscaling(BaseModel):
+    """Ray Serve autoscaling: replicas follow the ongoing requests per replica."""
+
+    model_config = ConfigDict(extra="forbid")
+    min_replicas: int = Field(1, ge=0, description="Replicas kept when idle.")
+    max_replicas: int = Field(2, ge=1, description="Replicas at most under load.")
+    target_ongoing_requests: float = Field(4.0, gt=0, description="Ongoing requests per replica the autoscaler aims for.")
+
+
+class DeployConfig(BaseModel):
+    """An OpenAI-compatible endpoint on Ray Serve for the approved model (and the run's LoRA adapters)."""
+
+    model_config = ConfigDict(extra="forbid")
+    host: str = Field("127.0.0.1", description="Address Serve's HTTP proxy binds (0.0.0.0 to listen on every interface).")
+    port: int = Field(8000, ge=1, le=65535, description="Port of Serve's HTTP proxy; the API is at http://HOST:PORT/v1.")
+    app_name: str = Field("lifecycle", pattern=r"^[A-Za-z0-9_-]+$", description="Serve application name (one per endpoint).")
+    served_name: str | None = Field(None, description="Model id clients ask for; None: the workflow's name.")
+    replicas: int = Field(1, ge=1, description="Fixed replica count (ignored when autoscaling is set).")
+    autoscaling: Autoscaling | None = Field(None, description="Scale replicas with load instead of a fixed count.")
+    cpus_per_replica: float = Field(1.0, gt=0, description="CPUs each replica reserves.")
+    gpus_per_replica: float = Field(0.0, ge=0, description="GPUs each replica reserves.")
+    max_batch_size: int = Field(8, ge=1, description="Requests merged into one generate call (serve.batch); 1 disables batching.")
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, description="How long a batch waits to fill, in seconds; 0: batch what queued while the last batch ran, "
+        "so a lone request is not delayed.")
+    max_ongoing_requests: int = Field(16, ge=1, description="Requests a replica works on at once; more wait in Serve's queue.")
+    max_queued_requests: int = Field(32, ge=0, description="Requests waiting per deployment before Serve answers 503.")
+    max_tokens: int = Field(64, ge=1, description="Default max_tokens of a request that sets none.")
+    max_tokens_limit: int = Field(256, ge=1, description="Largest max_tokens a request may ask for (400 above).")
+    max_adapters_per_replica: int = Field(4, ge=1, description="LoRA adapters a replica keeps loaded (serve.multiplexed LRU).")
+    alias: str = Field("production", description="MLflow alias set on the served model version.")
+    wait: bool = Field(True, description="Locally, keep serving after the workflow ends until Ctrl-C (--no-wait overrides).")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.max_tokens > self.max_tokens_limit:
+            raise ValueError(f"max_tokens ({self.max_tokens}) must not exceed max_tokens_limit ({self.max_tokens_limit})")
+        if self.autoscaling and self.autoscaling.min_replicas > self.autoscaling.max_replicas:
+            raise ValueError("autoscaling.min_replicas must not exceed autoscaling.max_replicas")
+        return self

@@ -1,0 +1,125 @@
+"""Text generation for the server: batched `model.generate` per sampling setting, stop strings, token usage.
+
+Pure torch + transformers (no Ray): the Serve deployment groups the requests of a dynamic batch
+by `Params` and makes one `generate` call per group.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Params:
+    """Sampling settings shared by every prompt of one generate call."""
+
+    max_tokens: int
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str  # "stop" (eos or a stop string) or "length" (max_tokens reached)
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def count_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _sampling(params: Params, tokenizer) -> dict:
+    kwargs = {"max_new_tokens": params.max_tokens, "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if params.temperature == 0:
+        return {**kwargs, "do_sample": False}
+    return {**kwargs, "do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
+
+
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """The text before the earliest stop string, and whether one was found."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], params: Params) -> list[Completion]:
+    """One completion per prompt, from a single left-padded batched `generate` call.
+
+    With a seed, sampling restarts from it for this call, so the same request (alone in its
+    group, which the server ensures) gives the same text.
+    """
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(map(len, encoded))
+    device = next(model.parameters()).device
+    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded], device=device)
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+    if params.seed is not None:
+        torch.manual_seed(params.seed)
+    out = model.generate(input_ids=ids, attention_mask=mask, **_sampling(params, tokenizer))
+    completions = []
+    for prompt_ids, row in zip(encoded, out[:, width:].tolist()):
+        finish = "length"
+        if tokenizer.eos_token_id in row:
+            row, finish = row[: row.index(tokenizer.eos_token_id)], "stop"
+        text = tokenizer.decode(row, skip_special_tokens=True)
+        text, stopped = cut_at_stop(text, params.stop)
+        if stopped:
+            finish, generated = "stop", count_tokens(tokenizer, text)
+        else:
+            generated = len(row) + (finish == "stop")  # the eos counts as generated
+        completions.append(Completion(text, finish, len(prompt_ids), generated))
+    return completions
+
+
+def stream(model, tokenizer, prompt: str, params: Params) -> Iterator[tuple[str, str | None]]:
+    """(new text, None) pieces as tokens are generated, then ("", finish_reason)."""
+    from transformers import TextIteratorStreamer
+
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Cancelled(StoppingCriteria):  # ends generate early: a stop string was seen or the client left
+        def __call__(self, input_ids, scores, **kwargs):
+            return cancel.is_set()
+
+    cancel = threading.Event()
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
+    if params.seed is not None:
+        torch.manual_seed(params.seed)
+    worker = threading.Thread(
+        target=model.generate, daemon=True,
+        kwargs={"input_ids": ids, "attention_mask": torch.ones_like(ids), "streamer": streamer,
+                "stopping_criteria": StoppingCriteriaList([Cancelled()]), **_sampling(params, tokenizer)},
+    )
+    worker.start()
+    sent, text, exhausted = 0, "", False
+    try:
+        for piece in streamer:
+            text += piece
+            kept, stopped = cut_at_stop(text, params.stop)
+            # Hold back a tail that could still grow into a stop string.
+            safe = len(kept) if stopped else max(sent, len(kept) - max((len(s) - 1 for s in params.stop), default=0))
+            if safe > sent:
+                yield kept[sent:safe], None
+                sent = safe
+            if stopped:
+                yield "", "stop"
+                return
+        exhausted = True
+        if len(text) > sent:
+            yield text[sent:], None
+        yield "", "length" if count_tokens(tokenizer, text) >= params.max_tokens else "stop"
+    finally:
+        cancel.set()
+        if not exhausted:  # let generate finish its step and end the stream
+            for _ in streamer:
+                pass
+        worker.join()

@@ -1,0 +1,82 @@
+"""Ray wiring of the deploy phase: put the approved model (and its LoRA adapter) behind the OpenAI API on Ray Serve.
+
+The step starts (or updates) a Serve application, waits until it answers, points the registry
+alias (`production`) at the served version and logs the endpoint to the step's run. Serve
+applications outlive the driver on a cluster; locally `lifecycle run` keeps serving until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from components import tracking
+from components.artifact import Artifact, StepContext
+from components.deploy.config import DeployConfig
+
+
+def run(cfg: DeployConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
+    """Serve the model the gate approved; returns an `endpoint` artifact (endpoint.json)."""
+    approval = next(a for a in inputs.values() if a.kind == "approval")
+    model_dir = Path(str(approval.metrics["model_uri"]).removeprefix("file://"))
+    registered = str(approval.metrics.get("registered_model") or ctx.step)
+    version = str(approval.metrics.get("registered_version") or "")
+    served = cfg.served_name or registered
+    metadata = {"registered_model": registered, "version": version, "run_id": str(approval.metrics.get("model_run_id", "")),
+                "approved_by_run": approval.run_id}
+    url = start(cfg, {"id": served, "path": str(model_dir), "metadata": metadata},
+                adapters_of(model_dir, served, ctx.workdir / "artifacts", metadata))
+    if version:
+        tracking.set_model_alias(ctx.tracking_uri, registered, cfg.alias, version)
+        tracking.tag_model_version(ctx.tracking_uri, registered, version, {"lifecycle.endpoint": url})
+    tracking.set_tags(ctx.tracking_uri, ctx.run_id, {"lifecycle.endpoint": url, "lifecycle.served_model": served})
+    info = {"url": url, "served_model": served, "app_name": cfg.app_name, **metadata, "alias": cfg.alias}
+    (ctx.output_dir / "endpoint.json").write_text(json.dumps(info, indent=1))
+    tracking.log_dict(ctx.tracking_uri, ctx.run_id, info, "endpoint.json")
+    return Artifact(str(ctx.output_dir), "endpoint", ctx.run_id, ctx.cache_key, info,
+                    f"serving {served} v{version} at {url} (alias {cfg.alias})")
+
+
+def adapters_of(model_dir: Path, served: str, allowed_root: Path, metadata: dict) -> dict[str, dict[str, Any]]:
+    """The LoRA adapter that made `model_dir` (its adapter/ folder), served over its own base model.
+
+    The base is read from the adapter's config and must be an artifact of this workdir: a
+    served model is never loaded from an arbitrary path.
+    """
+    config = model_dir / "adapter" / "adapter_config.json"
+    if not config.exists():
+        return {}
+    settings = json.loads(config.read_text())
+    if settings.get("peft_type") != "LORA":
+        return {}
+    base = Path(settings.get("base_model_name_or_path") or "").resolve()
+    if not base.is_dir() or allowed_root.resolve() not in base.parents:
+        return {}
+    return {f"{served}-adapter": {"path": str(model_dir / "adapter"), "base_path": str(base),
+                                  "metadata": {**metadata, "base": str(base.name)}}}
+
+
+def start(cfg: DeployConfig, model: dict[str, Any], adapters: dict[str, dict[str, Any]], timeout_s: float = 180) -> str:
+    """Deploy (or redeploy) the Serve application; returns the API's base URL once it answers."""
+    from ray import serve
+
+    from components.deploy.app import build
+
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(build(cfg, model, adapters), name=cfg.app_name, route_prefix="/", blocking=False)
+    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
+    base = f"http://{host}:{cfg.port}"
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/ready", timeout=5) as response:
+                if response.status == 200 and json.loads(response.read()).get("model") == model["id"]:
+                    return f"{base}/v1"
+        except (OSError, ValueError):
+            pass
+        if time.time() > deadline:
+            raise TimeoutError(f"the endpoint at {base} did not become ready within {timeout_s:.0f}s")
+        time.sleep(1)
