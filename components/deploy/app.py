@@ -107,6 +107,12 @@ class OpenAIServer:
         self.lock = asyncio.Lock()  # the model is used by one generate call at a time
         self.in_flight = 0
         self.api_key = os.environ.get("LIFECYCLE_API_KEY") or None
+        # Exported with Serve's own metrics (requests, latency, queue) on Ray's Prometheus endpoint.
+        from ray.serve import metrics
+
+        self.generated_tokens = metrics.Counter("lifecycle_generated_tokens", description="Tokens generated.", tag_keys=("model",))
+        self.batch_size = metrics.Histogram("lifecycle_batch_size", description="Requests per generate batch.",
+                                            boundaries=[1, 2, 4, 8, 16, 32, 64])
         self.batched_generate.set_max_batch_size(self.cfg.max_batch_size)
         self.batched_generate.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
 
@@ -166,12 +172,16 @@ class OpenAIServer:
         for i, (m, p) in enumerate(zip(models, params)):
             groups.setdefault((m, p, i if p.seed is not None else None), []).append(i)
         results: list[Completion | None] = [None] * len(prompts)
+        self.batch_size.observe(len(prompts))
         for (model_id, p, _), rows in groups.items():
             model = await self._model(model_id)
             async with self.lock:
+                # On the event loop, not in a thread: a generating thread would hold the GIL so
+                # much that new requests stop reaching this batch queue (see docs/architecture.md).
                 out = self._run(model, model_id, [prompts[i] for i in rows], p)
             for i, c in zip(rows, out):
                 results[i] = c
+            self.generated_tokens.inc(sum(c.completion_tokens for c in out), tags={"model": model_id})
         return results
 
     def _run(self, model, model_id: str, prompts: list[str], params: Params) -> list[Completion]:
@@ -243,11 +253,12 @@ class OpenAIServer:
         return Slot()
 
     def _sse(self, model_id: str, prompt: str, params: Params, chat: bool) -> StreamingResponse:
-        slot = self._slot()
-        slot.__enter__()  # 429 now, before the stream starts
+        with self._slot():  # 429 now, before the stream starts; the stream counts itself while it runs
+            pass
         rid = api.new_id("chatcmpl" if chat else "cmpl")
 
         async def events():
+            self.in_flight += 1
             try:
                 model = await self._model(model_id)
                 async with self.lock:
@@ -266,7 +277,7 @@ class OpenAIServer:
                         yield _event(chunk)
                 yield "data: [DONE]\n\n"
             finally:
-                slot.__exit__()
+                self.in_flight -= 1
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

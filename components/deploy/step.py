@@ -41,22 +41,25 @@ def run(cfg: DeployConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Art
 
 
 def adapters_of(model_dir: Path, served: str, allowed_root: Path, metadata: dict) -> dict[str, dict[str, Any]]:
-    """The LoRA adapter that made `model_dir` (its adapter/ folder), served over its own base model.
+    """The LoRA adapters of `model_dir`, each served over its own base model.
 
-    The base is read from the adapter's config and must be an artifact of this workdir: a
-    served model is never loaded from an arbitrary path.
+    `adapter/` (the one merged into the model) is served as `<served>-adapter`; a sweep's
+    `trials/<trial>/adapter` as `<served>-<trial>`. The base is read from each adapter's config
+    and must be an artifact of this workdir: a served model is never loaded from an arbitrary path.
     """
-    config = model_dir / "adapter" / "adapter_config.json"
-    if not config.exists():
-        return {}
-    settings = json.loads(config.read_text())
-    if settings.get("peft_type") != "LORA":
-        return {}
-    base = Path(settings.get("base_model_name_or_path") or "").resolve()
-    if not base.is_dir() or allowed_root.resolve() not in base.parents:
-        return {}
-    return {f"{served}-adapter": {"path": str(model_dir / "adapter"), "base_path": str(base),
-                                  "metadata": {**metadata, "base": str(base.name)}}}
+    found = {f"{served}-adapter": model_dir / "adapter"}
+    found.update({f"{served}-{t.name}": t / "adapter" for t in sorted((model_dir / "trials").glob("*")) if t.is_dir()})
+    adapters = {}
+    for name, directory in found.items():
+        config = directory / "adapter_config.json"
+        if not config.exists():
+            continue
+        settings = json.loads(config.read_text())
+        base = Path(settings.get("base_model_name_or_path") or "").resolve()
+        if settings.get("peft_type") != "LORA" or not base.is_dir() or allowed_root.resolve() not in base.parents:
+            continue
+        adapters[name] = {"path": str(directory), "base_path": str(base), "metadata": {**metadata, "base": base.name}}
+    return adapters
 
 
 def start(cfg: DeployConfig, model: dict[str, Any], adapters: dict[str, dict[str, Any]], timeout_s: float = 180) -> str:

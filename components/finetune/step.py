@@ -68,6 +68,8 @@ def run(cfg: FinetuneConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     shutil.copytree(export / "model", ctx.output_dir, dirs_exist_ok=True)
     if (export / "adapter").exists():
         shutil.copytree(export / "adapter", ctx.output_dir / "adapter")
+    if (export / "trials").exists():  # a sweep's trial adapters, served side by side by the deploy step
+        shutil.copytree(export / "trials", ctx.output_dir / "trials")
     shutil.rmtree(export)
 
     # 4. Score the result the way a user will load it.

@@ -108,7 +108,16 @@ def run_sweep(cfg: FinetuneConfig, loop_config: dict, ctx: StepContext) -> tuple
     _log_results(ctx, rows, best, summary, sweep.scheduler)
     local = Path(tempfile.mkdtemp(prefix="sweep-best-"))
     shutil.copytree(best["checkpoint"], local, dirs_exist_ok=True)
+    # Every finished trial's adapter travels with the output: the endpoint serves each one.
+    for r in finished:
+        if (Path(r["checkpoint"]) / "adapter").is_dir():
+            shutil.copytree(Path(r["checkpoint"]) / "adapter", local / "trials" / trial_name(r) / "adapter")
     return local, summary
+
+
+def trial_name(row: dict) -> str:
+    """A trial's id in file and model names, e.g. r8-alpha16-lr0.01."""
+    return f"r{row['r']}-alpha{row['alpha']:g}-lr{row['lr']:g}"
 
 
 def results_table(rows: list[dict], best: dict) -> str:

@@ -17,7 +17,7 @@ from components.data.instructions import generate_tasks
 from components.data.tokenizer import train_bpe
 from components.deploy.config import DeployConfig
 from components.deploy.generation import Params, generate
-from tests.conftest import delete_serve_app
+from tests.conftest import delete_serve_app, wait_for
 
 KEY = "test-key-0123456789"
 APP = "test-serve"
@@ -108,6 +108,21 @@ def test_bad_requests_get_4xx_with_openai_errors(endpoint):
                      headers={"Authorization": f"Bearer {KEY}"})
     assert bad.status_code == 422 and bad.json()["error"]["param"] == "max_tokens"
     assert httpx.get(url.removesuffix("/v1") + "/health").status_code == 200
+
+
+def test_serve_and_endpoint_metrics_are_exported_for_prometheus(endpoint):
+    import ray
+
+    url, *_ = endpoint
+    client(url).completions.create(model="tiny", prompt="hi", max_tokens=4)
+    port = ray.nodes()[0]["MetricsExportPort"]
+    names = ("lifecycle_generated_tokens", "lifecycle_batch_size", "serve_num_http_requests")
+
+    def exported():
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        return all(name in text for name in names)
+
+    wait_for(exported, 60, f"{names} on Ray's metrics endpoint")
 
 
 def test_overload_is_refused_with_429_or_503_and_the_server_survives(endpoint):

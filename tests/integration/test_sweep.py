@@ -6,11 +6,13 @@ import os
 import signal
 from collections import Counter
 from functools import lru_cache
+from pathlib import Path
 
 import mlflow
 import yaml
 
 from components import tracking
+from components.deploy.step import adapters_of
 from tests.conftest import ROOT, lifecycle, lifecycle_popen, wait_for, wait_for_idle_cluster
 
 RANKS = [2, 8, 32]
@@ -20,6 +22,8 @@ MAX_STEPS = 40
 def sweep_spec(tmp_path):
     spec = yaml.safe_load((ROOT / "workflows" / "smoke.yaml").read_text())
     steps = spec["steps"]
+    for later in ("evaluate", "gate", "deploy"):  # this test is about the sweep and the step after it
+        steps.pop(later)
     steps["pretrain"]["with"].update(max_steps=80, eval_every=80, checkpoint_every=80)
     steps["sweep"] = steps.pop("finetune")
     steps["sweep"]["with"] = {
@@ -104,3 +108,9 @@ def test_sweep_resumes_after_a_killed_driver_and_its_best_adapter_flows_on(ray_a
     assert step.data.metrics["exact_match_after"] >= step.data.metrics["exact_match_before"]
     versions = {v.name for v in client.search_model_versions()}
     assert {"smoke-sweep", "smoke-sweep-adapter"} <= versions
+    # Every finished trial's adapter comes along, and the deploy step would serve each one.
+    finished = sorted(int(t.data.params["r"]) for t in trials if t.data.tags["lifecycle.stopped_early"] == "False")
+    served = adapters_of(Path(model_dir), "m", workdir / "artifacts", {})
+    assert sorted(json.loads(Path(a["path"], "adapter_config.json").read_text())["r"] for n, a in served.items()
+                  if n != "m-adapter") == finished
+    assert "m-adapter" in served and all(Path(a["base_path"]).parent == workdir / "artifacts" for a in served.values())
