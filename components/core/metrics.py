@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
+from components.core.models import context_length
 from components.core.perplexity import perplexity  # noqa: F401  (one import site for all metrics)
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
@@ -145,11 +146,6 @@ def expected_calibration_error(confidences: list[float], correct: list[bool], n_
 # --- multiple choice by log-likelihood -----------------------------------------------------
 
 
-def _context_length(model) -> int | None:
-    config = model.config
-    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-
-
 def _encode_option(tokenizer, context: str, option: str) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids) the way lm-evaluation-harness splits them.
 
@@ -182,7 +178,7 @@ def option_logprobs(model, tokenizer, contexts: list[str], options: list[list[st
     _check_pairs(contexts, options, "contexts", "options")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    max_len = _context_length(model)
+    max_len = context_length(model)
     requests = []  # (i, j, input ids, number of continuation tokens)
     for i, (context, opts) in enumerate(zip(contexts, options)):
         if not opts:

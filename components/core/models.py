@@ -54,3 +54,27 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
     """Distinct parameters (tied weights counted once)."""
     seen = {id(p): p for p in model.parameters() if p.requires_grad or not trainable_only}
     return sum(p.numel() for p in seen.values())
+
+
+def context_length(model: PreTrainedModel) -> int:
+    """The model's context window in tokens (GPT-2's n_positions, Llama's max_position_embeddings)."""
+    config = model.config
+    return getattr(config, "n_positions", None) or config.max_position_embeddings
+
+
+def load_trained(model_dir) -> PreTrainedModel:
+    """A lifecycle model as a user loads it, in eval mode: merged weights (safetensors), or the base
+    plus its soft prompt when it was prompt-tuned (a soft prompt does not fold into weights)."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    model_dir = Path(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    adapter = model_dir / "adapter" / "adapter_config.json"
+    if adapter.exists() and json.loads(adapter.read_text()).get("peft_type") == "PROMPT_TUNING":
+        import peft
+
+        model = peft.PeftModel.from_pretrained(model, model_dir / "adapter")
+    return model.eval()

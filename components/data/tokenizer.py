@@ -66,3 +66,13 @@ def tokenize_and_pack(docs: list[str], tokenizer: PreTrainedTokenizerFast, block
     ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
     n_blocks = len(ids) // block_size
     return ids[: n_blocks * block_size].reshape(n_blocks, block_size)
+
+
+def token_stream(docs: list[str], tokenizer: PreTrainedTokenizerFast, max_tokens: int) -> list[int]:
+    """The first `max_tokens` token ids of the documents joined by eos (one stream, as pretraining reads them)."""
+    ids: list[int] = []
+    for encoding in tokenizer.backend_tokenizer.encode_batch(docs, add_special_tokens=False):
+        ids.extend(encoding.ids + [tokenizer.eos_token_id])
+        if len(ids) >= max_tokens:
+            break
+    return ids[:max_tokens]

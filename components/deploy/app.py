@@ -17,7 +17,6 @@ import asyncio
 import hmac
 import json
 import os
-import time
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
+from components.core.models import context_length
 from components.deploy import api
 from components.deploy.config import DeployConfig
 from components.deploy.generation import Completion, Params, count_tokens, generate, stream
@@ -101,7 +101,7 @@ class OpenAIServer:
         self.name, self.metadata = model["id"], model.get("metadata", {})
         self.model = AutoModelForCausalLM.from_pretrained(model["path"]).eval()  # safetensors only
         self.tokenizer = AutoTokenizer.from_pretrained(model["path"])
-        self.context = getattr(self.model.config, "n_positions", None) or self.model.config.max_position_embeddings
+        self.context = context_length(self.model)
         self.adapters = adapters
         self.peft = None  # one base model under every adapter, loaded with the first adapter request
         self.lock = asyncio.Lock()  # the model is used by one generate call at a time

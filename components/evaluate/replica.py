@@ -16,44 +16,25 @@ time, shared out per kind) and `new_tokens` (tokens generated).
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
 
 from components.core.metrics import option_logprobs
+from components.core.models import context_length, load_trained
 from components.core.perplexity import token_nll
 from components.core.sft import greedy_answers
-
-
-def load_model(model_dir: str | Path):
-    """The model as a user loads it: merged weights, or base + soft prompt for prompt tuning."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model_dir = Path(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)  # safetensors only: nothing is unpickled
-    adapter = model_dir / "adapter" / "adapter_config.json"
-    if adapter.exists() and json.loads(adapter.read_text()).get("peft_type") == "PROMPT_TUNING":
-        import peft  # a soft prompt does not fold into the weights
-
-        model = peft.PeftModel.from_pretrained(model, model_dir / "adapter")
-    model.eval()
-    return model, AutoTokenizer.from_pretrained(model_dir)
-
-
-def context_length(model) -> int:
-    config = model.config
-    return getattr(config, "n_positions", None) or config.max_position_embeddings
 
 
 class ModelReplica:
     """The callable class `map_batches` runs on each actor of its pool."""
 
     def __init__(self, model_dir: str, max_new_tokens: int, threads: int = 1):
+        from transformers import AutoTokenizer
+
         torch.set_num_threads(threads)  # one CPU per replica: replicas, not threads, give the parallelism
-        self.model, self.tokenizer = load_model(model_dir)
+        self.model, self.tokenizer = load_trained(model_dir), AutoTokenizer.from_pretrained(model_dir)
         self.context = context_length(self.model)
         self.max_new_tokens = max_new_tokens
 

@@ -21,6 +21,7 @@ from components.core import metrics as M
 from components.data.benchmarks import Item, bundled_path, load_benchmark, perturb
 from components.data.corpus import DataError, read_jsonl
 from components.data.instructions import Example, read_examples_jsonl
+from components.data.tokenizer import token_stream
 from components.evaluate.config import EvaluateConfig
 from components.evaluate.replica import ModelReplica
 
@@ -191,12 +192,7 @@ def _perturbed(context: str, kind: str, seed: int) -> str:
 
 def _segments(docs: list[str], tokenizer, max_tokens: int, segment: int) -> list[list[int]]:
     """The validation text as one token stream (documents joined by eos), cut into work items."""
-    ids: list[int] = []
-    for encoding in tokenizer.backend_tokenizer.encode_batch(docs, add_special_tokens=False):
-        ids.extend(encoding.ids + [tokenizer.eos_token_id])
-        if len(ids) >= max_tokens:
-            break
-    ids = ids[:max_tokens]
+    ids = token_stream(docs, tokenizer, max_tokens)
     return [ids[i : i + segment] for i in range(0, len(ids), segment) if len(ids[i : i + segment]) > 1]
 
 

@@ -7,6 +7,7 @@ import torch
 from components.core.perplexity import perplexity
 from components.core.sft import greedy_answers
 from components.data.instructions import Example, exact_match
+from components.data.tokenizer import token_stream
 
 
 def exact_match_by_family(model, tokenizer, examples: list[Example], max_new_tokens: int) -> dict[str, float]:
@@ -22,9 +23,4 @@ def exact_match_by_family(model, tokenizer, examples: list[Example], max_new_tok
 
 def corpus_perplexity(model, tokenizer, docs: list[str], context: int, max_tokens: int) -> float:
     """Perplexity of the model on pretraining text (documents joined by eos), sliding window of `context`."""
-    ids = []
-    for encoding in tokenizer.backend_tokenizer.encode_batch(docs, add_special_tokens=False):
-        ids.extend(encoding.ids + [tokenizer.eos_token_id])
-        if len(ids) >= max_tokens:
-            break
-    return perplexity(model, torch.tensor(ids[:max_tokens]), context, max_tokens=max_tokens)
+    return perplexity(model, torch.tensor(token_stream(docs, tokenizer, max_tokens)), context, max_tokens=max_tokens)

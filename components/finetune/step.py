@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import ray.train
 from ray.train.torch import TorchTrainer
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from components import tracking
 from components.artifact import Artifact, StepContext
+from components.core.models import context_length, load_trained
 from components.core.peft_methods import trainable_parameters
 from components.core.sft import encode_pair
 from components.data.corpus import read_jsonl
@@ -36,7 +37,7 @@ def run(cfg: FinetuneConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     #    model (target modules exist), every example fits the context.
     model, tokenizer = build_model(str(base.path), cfg)
     trainable, total = trainable_parameters(model)
-    context = model.config.n_positions if hasattr(model.config, "n_positions") else model.config.max_position_embeddings
+    context = context_length(model)
     if cfg.method == "prompt_tuning":
         context -= cfg.prompt_tuning.num_virtual_tokens
     splits = {s: read_examples_jsonl(instructions.path / f"{s}.jsonl") for s in ("train", "validation", "test")}
@@ -73,7 +74,7 @@ def run(cfg: FinetuneConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     shutil.rmtree(export)
 
     # 4. Score the result the way a user will load it.
-    tuned = _load_tuned(ctx.output_dir, cfg)
+    tuned = load_trained(ctx.output_dir)
     after = exact_match_by_family(tuned, tokenizer, test, cfg.max_new_tokens)
     ppl_after = corpus_perplexity(tuned, tokenizer, corpus_val, context, cfg.eval_tokens)
     trainable, _ = trainable_parameters(build_model(str(base.path), cfg)[0])
@@ -134,15 +135,6 @@ def _train(cfg: FinetuneConfig, loop_config: dict, ctx: StepContext) -> Path:
     with result.checkpoint.as_directory() as directory:
         shutil.copytree(directory, local, dirs_exist_ok=True)
     return local
-
-
-def _load_tuned(directory: Path, cfg: FinetuneConfig):
-    model = AutoModelForCausalLM.from_pretrained(directory)
-    if cfg.method == "prompt_tuning":  # the soft prompt does not fold into weights
-        import peft
-
-        model = peft.PeftModel.from_pretrained(model, directory / "adapter")
-    return model
 
 
 def _sizes(directory: Path) -> dict[str, float]:
