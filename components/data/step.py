@@ -1,4 +1,4 @@
-"""Ray-side wiring of the data and tokenizer phases (both small: they run in the step task)."""
+"""Ray-side wiring of the data phases: corpus, tokenizer, instructions, preferences (all small: they run in the step task)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from components.artifact import Artifact, StepContext
 from components.data.config import DataConfig, TokenizerConfig
 from components.data.corpus import documents_digest, load_documents, read_jsonl, split_by_hash, write_jsonl
 from components.data.instructions import (
-    InstructionDataConfig, load_examples, mix_by_weights, split_examples, write_examples_jsonl,
+    InstructionDataConfig, load_examples, mix_by_weights, read_examples_jsonl, split_examples, write_examples_jsonl,
+)
+from components.data.preferences import (
+    PreferenceDataConfig, derive_pairs, load_preferences, split_pairs, write_pairs_jsonl,
 )
 from components.data.tokenizer import train_bpe
 
@@ -97,3 +100,40 @@ def run_instructions(cfg: InstructionDataConfig, inputs: dict[str, Artifact], ct
     tracking.log_metrics(ctx.tracking_uri, ctx.run_id, {k: v for k, v in metrics.items() if not k.startswith("digest")})
     headline = f"{metrics['train_examples']} train / {metrics['validation_examples']} val / {metrics['test_examples']} test"
     return Artifact(str(ctx.output_dir), "instructions", ctx.run_id, ctx.cache_key, metrics, headline)
+
+
+def check_preferences(cfg: PreferenceDataConfig) -> PreferenceDataConfig:
+    """Preflight before Ray starts: a file source must load (errors name file:line); path made absolute."""
+    if cfg.source == "bundled":
+        return cfg
+    cfg = cfg.model_copy(update={"source": str(Path(cfg.source).expanduser().resolve())})
+    load_preferences(cfg.source, cfg.on_bad)
+    return cfg
+
+
+def run_preferences(cfg: PreferenceDataConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
+    """Derive pairs from the instruction splits (bundled) or load a file and split it; write train/test JSONL."""
+    skipped = {"missing_or_empty": 0, "identical": 0}
+    if cfg.source == "bundled":
+        instructions = next((a for a in inputs.values() if a.kind == "instructions"), None)
+        if instructions is None:
+            raise ValueError("preferences: source 'bundled' derives pairs from instructions; add an instructions step to `needs`")
+        splits = {s: derive_pairs(read_examples_jsonl(instructions.path / f"{s}.jsonl"), cfg.seed, cfg.mix)
+                  for s in ("train", "test")}
+    else:
+        pairs, skipped = load_preferences(cfg.source, cfg.on_bad)
+        splits = split_pairs(pairs, cfg.test_fraction, cfg.seed)
+    metrics: dict[str, float | str] = {f"skipped_{k}": v for k, v in skipped.items()}
+    for split, pairs in splits.items():
+        write_pairs_jsonl(ctx.output_dir / f"{split}.jsonl", pairs)
+        digest = documents_digest([f"{p.prompt}\x00{p.chosen}\x00{p.rejected}" for p in pairs])
+        kinds = {k: sum(p.kind == k for p in pairs) for k in sorted({p.kind for p in pairs})}
+        tracking.log_dataset(ctx.tracking_uri, ctx.run_id, f"{ctx.step}/{split}", digest, cfg.source, split,
+                             {"pairs": len(pairs), **{f"kind_{k}": n for k, n in kinds.items() if k}})
+        metrics[f"digest_{split}"] = digest
+        metrics[f"{split}_pairs"] = len(pairs)
+    tracking.log_metrics(ctx.tracking_uri, ctx.run_id, {k: v for k, v in metrics.items() if not k.startswith("digest")})
+    headline = f"{metrics['train_pairs']} train / {metrics['test_pairs']} test pairs"
+    if sum(skipped.values()):
+        headline += f", {sum(skipped.values())} skipped"
+    return Artifact(str(ctx.output_dir), "preferences", ctx.run_id, ctx.cache_key, metrics, headline)
