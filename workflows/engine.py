@@ -81,7 +81,7 @@ def execute_step(job: dict[str, Any], board, *upstream: Artifact) -> Artifact:
         board.update.remote(name, {"state": "cached", "headline": cached.headline, "run_id": cached.run_id})
         return dataclasses.replace(cached, cached=True)
     tracking.close_stale_runs(uri, key)  # left RUNNING by a driver that was killed
-    inputs = dict(zip(job["needs"], upstream))
+    inputs = dict(zip(job["needs"], upstream))  # any further upstream refs were only waited for
     run_id = tracking.start_step_run(
         uri, job["parent_run_id"], name, job["phase"], key, [a.run_id for a in upstream], job["spec_sha"], job["config"]
     )
@@ -104,7 +104,7 @@ def execute_step(job: dict[str, Any], board, *upstream: Artifact) -> Artifact:
             shutil.rmtree(final)
         os.replace(scratch, final)
         artifact = dataclasses.replace(artifact, uri=str(final))
-        if artifact.kind == "model":
+        if artifact.kind in ("model", "reward_model"):
             registered = f"{job['workflow']}-{name}"
             version = tracking.register_model(uri, run_id, registered, final.as_uri())
             if (final / "adapter").is_dir():  # a PEFT adapter travels with the merged model
@@ -166,7 +166,7 @@ def run(resolved: Resolved, workdir: Path, address: str | None = None, display=N
     started_ray = start_ray(address)
     board = ProgressBoard.remote()
     refs: dict[str, ray.ObjectRef] = {}
-    for name in resolved.order:
+    for name in _deploys_last(resolved):
         step = resolved.spec.steps[name]
         job = {
             "step": name, "phase": step.uses, "workflow": resolved.spec.name, "cache_key": keys[name],
@@ -174,7 +174,10 @@ def run(resolved: Resolved, workdir: Path, address: str | None = None, display=N
             "parent_run_id": parent, "tracking_uri": uri, "workdir": str(workdir), "scale": resolved.spec.scale.model_dump(),
         }
         board.update.remote(name, {"phase": step.uses, "state": "waiting"})
-        refs[name] = execute_step.options(name=f"step:{name}").remote(job, board, *(refs[n] for n in step.needs))
+        # A deploy step also waits for every other step: a replica holds CPUs until Ctrl-C, and a
+        # training step still to come would wait for them forever.
+        after = [ref for n, ref in refs.items() if n not in step.needs] if step.uses == "deploy" else []
+        refs[name] = execute_step.options(name=f"step:{name}").remote(job, board, *(refs[n] for n in step.needs), *after)
 
     outcomes: dict[str, StepOutcome] = {}
     pending = list(refs.values())
@@ -211,6 +214,16 @@ def run(resolved: Resolved, workdir: Path, address: str | None = None, display=N
         if started_ray and not keep_ray:
             ray.shutdown()
     return parent, [outcomes[n] for n in resolved.order]
+
+
+def _deploys_last(resolved: Resolved) -> list[str]:
+    """Steps in a valid order with deploy steps (and what needs them) after all the others."""
+    late: set[str] = set()
+    for name in resolved.order:
+        step = resolved.spec.steps[name]
+        if step.uses == "deploy" or late.intersection(step.needs):
+            late.add(name)
+    return [n for n in resolved.order if n not in late] + [n for n in resolved.order if n in late]
 
 
 def _summary(outcome: StepOutcome) -> dict[str, Any]:

@@ -44,6 +44,23 @@ PHASES: dict[str, Phase] = {
         "components.finetune.config:FinetuneConfig", "components.finetune.step:run", ("model", "instructions", "dataset"), "model",
         "instruction-tune a model (LoRA, prompt tuning, IA3, selective or full) with Ray Train; optional Ray Tune rank sweep",
     ),
+    "preferences": Phase(
+        "components.data.preferences:PreferenceDataConfig", "components.data.step:run_preferences", ("instructions?",),
+        "preferences", "derive preference pairs from the instructions (bundled) or load TRL / Anthropic-HH JSONL; split train/test",
+        check="components.data.step:check_preferences",
+    ),
+    "reward": Phase(
+        "components.rlhf.config:RewardConfig", "components.rlhf.step:run_reward", ("model", "preferences"), "reward_model",
+        "train a reward model (scalar head, Bradley-Terry loss) on preference pairs with Ray Train",
+    ),
+    "ppo": Phase(
+        "components.rlhf.config:PPOConfig", "components.rlhf.step:run_ppo", ("model", "reward_model", "preferences"), "model",
+        "align the model with PPO and a KL penalty: policy, reference, reward and value models as Ray actors",
+    ),
+    "dpo": Phase(
+        "components.rlhf.config:DPOConfig", "components.rlhf.step:run_dpo", ("model", "preferences"), "model",
+        "align the model on preference pairs with DPO (or IPO) under Ray Train; no reward model, no sampling",
+    ),
     "evaluate": Phase(
         "components.evaluate.config:EvaluateConfig", "components.evaluate.step:run", ("model", "instructions?", "dataset?"),
         "evaluation", "score a model (perplexity, exact match, ROUGE, BLEU, benchmark suites) on Ray Data replicas",

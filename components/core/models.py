@@ -56,9 +56,9 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
     return sum(p.numel() for p in seen.values())
 
 
-def context_length(model: PreTrainedModel) -> int:
-    """The model's context window in tokens (GPT-2's n_positions, Llama's max_position_embeddings)."""
-    config = model.config
+def context_length(model) -> int:
+    """The context window in tokens of a model or its config (GPT-2's n_positions, Llama's max_position_embeddings)."""
+    config = getattr(model, "config", model)
     return getattr(config, "n_positions", None) or config.max_position_embeddings
 
 

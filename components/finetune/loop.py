@@ -68,8 +68,8 @@ def train_loop(config: dict) -> None:
     n_instr = cfg.micro_batch_size - n_replay
     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
     for step in range(progress["step"], cfg.max_steps):
-        pairs = [train[i] for i in _rows(len(train), step, n_instr, rank, world, cfg.seed)]
-        pairs += [(b.tolist(), b.tolist()) for b in replay[_rows(len(replay), step, n_replay, rank, world, cfg.seed)]]
+        pairs = [train[i] for i in batch_rows(len(train), step, n_instr, rank, world, cfg.seed)]
+        pairs += [(b.tolist(), b.tolist()) for b in replay[batch_rows(len(replay), step, n_replay, rank, world, cfg.seed)]]
         batch = {k: v.to(device) for k, v in pad_batch(pairs, tokenizer.pad_token_id).items()}
         loss = par.model(**batch).loss  # mean over unmasked (response and replay) tokens
         par.backward(loss)
@@ -84,7 +84,7 @@ def train_loop(config: dict) -> None:
         # 4. Report: loss, learning rate, grad norm; validation loss; a checkpoint; at the end, the export.
         metrics = {
             "step": done,
-            "loss": _mean_over_workers(window_loss / window_steps),
+            "loss": mean_over_workers(window_loss / window_steps),
             "lr": par.lr(),
             "grad_norm": grad_norm,
             "examples_per_s": cfg.micro_batch_size * world * window_steps / (time.perf_counter() - window_start),
@@ -97,15 +97,15 @@ def train_loop(config: dict) -> None:
             metrics["val_loss"] = _validation_loss(par.model, val, cfg.micro_batch_size, rank, world, device, tokenizer.pad_token_id)
         if last:
             progress["final_metrics"] = metrics
-            _report(metrics, par, progress, rank, cfg.strategy, export=_export(par, config["base_dir"], cfg, rank))
+            save_and_report(metrics, par, progress, rank, cfg.strategy, export=_export(par, config["base_dir"], cfg, rank))
         elif done % cfg.checkpoint_every == 0:
-            _report(metrics, par, progress, rank, cfg.strategy)
+            save_and_report(metrics, par, progress, rank, cfg.strategy)
         else:
             ray.train.report(metrics)
         window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
 
 
-def _rows(n: int, index: int, size: int, rank: int, world: int, seed: int) -> np.ndarray:
+def batch_rows(n: int, index: int, size: int, rank: int, world: int, seed: int) -> np.ndarray:
     """Row indices of this worker's batch ``index``: a rank stride of a per-epoch seeded permutation."""
     if size == 0 or n == 0:
         return np.zeros(0, dtype=np.int64)
@@ -129,10 +129,10 @@ def _validation_loss(model, pairs: list[Pair], size: int, rank: int, world: int,
         total += model(**batch).loss.item() * len(chunk)
         count += len(chunk)
     model.train()
-    return _mean_over_workers(total / max(count, 1))
+    return mean_over_workers(total / max(count, 1))
 
 
-def _mean_over_workers(value: float) -> float:
+def mean_over_workers(value: float) -> float:
     tensor = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(tensor)
     return float(tensor.item()) / dist.get_world_size()
@@ -158,7 +158,7 @@ def _export(par, base_dir: str, cfg: FinetuneConfig, rank: int) -> Path | None:
     return export
 
 
-def _report(metrics: dict, par, progress: dict, rank: int, strategy: str, export: Path | None = None) -> None:
+def save_and_report(metrics: dict, par, progress: dict, rank: int, strategy: str, export: Path | None = None) -> None:
     """Save the resumable state (every rank for DeepSpeed, rank 0 otherwise) and report it with the checkpoint."""
     directory = export or Path(tempfile.mkdtemp(prefix="finetune-ckpt-"))
     par.save(directory / "state")

@@ -1,0 +1,303 @@
+"""Ray wiring of the RLHF phases: reward model and DPO (Ray Train runs), PPO (four role actors)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import ray
+import ray.train
+import torch
+from ray.train.torch import TorchTrainer
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from components import tracking
+from components.artifact import Artifact, StepContext
+from components.core.metrics import exact_match
+from components.core.models import context_length
+from components.core.ppo import pack
+from components.core.preference import sequence_logprobs
+from components.core.sft import encode_pair, pad_batch
+from components.data.instructions import Example
+from components.data.preferences import PreferencePair, read_pairs_jsonl
+from components.finetune.evaluate import exact_match_by_family
+from components.report import ReportToLineage, plot_curves
+from components.rlhf import ppo
+from components.rlhf.config import DPOConfig, PPOConfig, RewardConfig
+from components.rlhf.loop import build_reward_model, pairwise_loop
+from components.rlhf.roles import Policy, Reference, Reward, Value
+
+
+# --- shared -------------------------------------------------------------------------------
+
+
+def _inputs(inputs: dict[str, Artifact], ctx: StepContext) -> tuple[Artifact, dict[str, list[PreferencePair]], Path]:
+    """(fine-tuned model, {train, test} pairs, preferences dir); the pairs' datasets logged for lineage."""
+    model = next(a for a in inputs.values() if a.kind == "model")
+    name, prefs = next((n, a) for n, a in inputs.items() if a.kind == "preferences")
+    pairs = {s: read_pairs_jsonl(prefs.path / f"{s}.jsonl") for s in ("train", "test")}
+    for split in pairs:
+        tracking.log_dataset(ctx.tracking_uri, ctx.run_id, f"{name}/{split}", str(prefs.metrics.get(f"digest_{split}", "")),
+                             prefs.uri, split, {"pairs": len(pairs[split])})
+    return model, pairs, prefs.path
+
+
+def _encode(pairs: list[PreferencePair], tokenizer, context: int, path: Path):
+    """((chosen ids, labels), (rejected ids, labels)) per pair; a pair longer than the context is an error naming its line."""
+    encoded = []
+    for line, p in enumerate(pairs, start=1):
+        chosen, rejected = encode_pair(tokenizer, p.prompt, p.chosen), encode_pair(tokenizer, p.prompt, p.rejected)
+        longest = max(len(chosen[0]), len(rejected[0]))
+        if longest > context:
+            raise ValueError(f"{path}:{line}: prompt + answer is {longest} tokens, more than the model's context of {context}")
+        encoded.append((chosen, rejected))
+    return encoded
+
+
+def _fit(loop_config: dict, cfg, ctx: StepContext, shown: tuple[str, ...]) -> Path:
+    """One Ray Train run of the pairwise loop on ctx.workers workers; returns a local copy of its export."""
+    trainer = TorchTrainer(
+        pairwise_loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=ctx.workers, use_gpu=ctx.gpus_per_worker > 0,
+            resources_per_worker={"CPU": ctx.cpus_per_worker, **({"GPU": ctx.gpus_per_worker} if ctx.gpus_per_worker else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"{ctx.step}-{ctx.cache_key[:16]}",  # depends only on the cache key: a re-run resumes
+            storage_path=str(ctx.storage_path),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[ReportToLineage(ctx.tracking_uri, ctx.run_id, ctx.progress, shown)],
+        ),
+    )
+    result = trainer.fit()
+    local = Path(tempfile.mkdtemp(prefix=f"{ctx.phase}-export-"))
+    with result.checkpoint.as_directory() as directory:
+        shutil.copytree(directory, local, dirs_exist_ok=True)
+    return local
+
+
+def _by_kind(hits: list[bool], pairs: list[PreferencePair], prefix: str) -> dict[str, float]:
+    """Share of hits over all pairs and per rejected-answer kind (bundled data)."""
+    out = {prefix: float(np.mean(hits))}
+    for kind in sorted({p.kind for p in pairs if p.kind}):
+        kind_hits = [h for h, p in zip(hits, pairs) if p.kind == kind]
+        out[f"{prefix}_{kind}"] = float(np.mean(kind_hits))
+    return out
+
+
+@torch.no_grad()
+def reward_scores(model, tokenizer, pairs: list[PreferencePair], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Reward-model scores of the chosen and of the rejected answers: two [N] arrays."""
+    out = {"chosen": [], "rejected": []}
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        for side in out:
+            batch = pad_batch([encode_pair(tokenizer, p.prompt, getattr(p, side)) for p in chunk], tokenizer.pad_token_id)
+            out[side].append(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1))
+    return torch.cat(out["chosen"]).numpy(), torch.cat(out["rejected"]).numpy()
+
+
+@torch.no_grad()
+def answer_logprobs(model, tokenizer, pairs: list[PreferencePair], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """log p(chosen | prompt) and log p(rejected | prompt) under a causal LM, summed over answer tokens (eos included): [N] nats each."""
+    out = {"chosen": [], "rejected": []}
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        for side in out:
+            batch = pad_batch([encode_pair(tokenizer, p.prompt, getattr(p, side)) for p in chunk], tokenizer.pad_token_id)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            out[side].append(sequence_logprobs(logits, batch["labels"]))
+    return torch.cat(out["chosen"]).numpy(), torch.cat(out["rejected"]).numpy()
+
+
+def _examples(pairs: list[PreferencePair]) -> list[Example]:
+    """Held-out prompts with their preferred answer as the reference (for exact match), one per prompt."""
+    unique = {p.prompt: Example(p.family, p.prompt, p.chosen) for p in pairs}
+    return list(unique.values())
+
+
+def _copy_export(export: Path, output_dir: Path) -> None:
+    shutil.copytree(export / "model", output_dir, dirs_exist_ok=True)
+    if (export / "adapter").exists():
+        shutil.copytree(export / "adapter", output_dir / "adapter")
+    shutil.rmtree(export)
+
+
+# --- reward model ---------------------------------------------------------------------------
+
+
+def run_reward(cfg: RewardConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
+    """Train a reward model (scalar head on the fine-tuned model, Bradley-Terry loss); held-out pair accuracy before/after."""
+    base, pairs, prefs_dir = _inputs(inputs, ctx)
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    context = context_length(AutoConfig.from_pretrained(base.path))
+    encoded = {s: _encode(pairs[s], tokenizer, context, prefs_dir / f"{s}.jsonl") for s in pairs}
+    test = pairs["test"][: cfg.test_pairs]
+
+    untrained, _ = build_reward_model(str(base.path), cfg.seed)
+    chosen, rejected = reward_scores(untrained.eval(), tokenizer, test)
+    before = _by_kind(list(chosen > rejected), test, "test_accuracy_before")
+    del untrained
+
+    loop_config = {"objective": "reward", "cfg": cfg.model_dump(), "base_dir": str(base.path),
+                   "train_pairs": encoded["train"], "test_pairs": encoded["test"][: cfg.test_pairs]}
+    _copy_export(_fit(loop_config, cfg, ctx, ("step", "loss", "accuracy", "test_accuracy")), ctx.output_dir)
+
+    model = AutoModelForSequenceClassification.from_pretrained(ctx.output_dir).eval()
+    chosen, rejected = reward_scores(model, tokenizer, test)
+    after = _by_kind(list(chosen > rejected), test, "test_accuracy")
+    metrics = {**before, **after, "test_margin": float(np.mean(chosen - rejected)),
+               "score_chosen": float(np.mean(chosen)), "score_rejected": float(np.mean(rejected))}
+    tracking.log_metrics(ctx.tracking_uri, ctx.run_id, metrics)
+    plot_curves(ctx, keys=("loss", "test_loss"), ylabel="Bradley-Terry loss (nats)")
+    plot_curves(ctx, keys=("accuracy", "test_accuracy"), ylabel="pair accuracy", artifact_file="accuracy_curve.png")
+    headline = f"held-out pair accuracy {before['test_accuracy_before']:.0%} -> {after['test_accuracy']:.0%}"
+    return Artifact(str(ctx.output_dir), "reward_model", ctx.run_id, ctx.cache_key, metrics, headline)
+
+
+# --- DPO ----------------------------------------------------------------------------------------
+
+
+def run_dpo(cfg: DPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
+    """DPO (or IPO) of the fine-tuned model on preference pairs; preference accuracy and exact match before/after."""
+    base, pairs, prefs_dir = _inputs(inputs, ctx)
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    context = context_length(AutoConfig.from_pretrained(base.path))
+    encoded = {s: _encode(pairs[s], tokenizer, context, prefs_dir / f"{s}.jsonl") for s in pairs}
+    test = pairs["test"][: cfg.test_pairs]
+    examples = _examples(pairs["test"])[: cfg.test_pairs]
+
+    def judge(model, suffix: str) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+        chosen, rejected = answer_logprobs(model, tokenizer, test)
+        em = exact_match_by_family(model, tokenizer, examples, cfg.max_new_tokens)
+        scores = {**_by_kind(list(chosen > rejected), test, f"preference_accuracy_{suffix}"),
+                  f"exact_match_{suffix}": em["all"], f"chosen_logprob_{suffix}": float(np.mean(chosen))}
+        return scores, chosen, rejected
+
+    reference = AutoModelForCausalLM.from_pretrained(base.path).eval()
+    before, ref_chosen, ref_rejected = judge(reference, "before")
+    del reference
+
+    loop_config = {"objective": "dpo", "cfg": cfg.model_dump(), "base_dir": str(base.path),
+                   "train_pairs": encoded["train"], "test_pairs": encoded["test"][: cfg.test_pairs]}
+    _copy_export(_fit(loop_config, cfg, ctx, ("step", "loss", "accuracy", "test_accuracy")), ctx.output_dir)
+
+    tuned = AutoModelForCausalLM.from_pretrained(ctx.output_dir).eval()
+    after, chosen, rejected = judge(tuned, "after")
+    # The implicit reward's accuracy: does the log-ratio against the reference prefer the chosen answer?
+    # (A tie counts half, so the fine-tuned model, whose log-ratios are all 0, scores 0.5.)
+    def reward_accuracy(c, r) -> float:
+        margin = (c - ref_chosen) - (r - ref_rejected)
+        return float(np.mean((margin > 0) + 0.5 * (margin == 0)))
+
+    metrics = {**before, **after, "reward_accuracy_before": reward_accuracy(ref_chosen, ref_rejected),
+               "reward_accuracy_after": reward_accuracy(chosen, rejected)}
+    tracking.log_metrics(ctx.tracking_uri, ctx.run_id, metrics)
+    plot_curves(ctx, keys=("loss", "test_loss"), ylabel=f"{cfg.loss} loss")
+    headline = (f"log-ratio preference accuracy {metrics['reward_accuracy_before']:.0%} -> {metrics['reward_accuracy_after']:.0%}, "
+                f"exact match {before['exact_match_before']:.0%} -> {after['exact_match_after']:.0%}")
+    return Artifact(str(ctx.output_dir), "model", ctx.run_id, ctx.cache_key, metrics, headline)
+
+
+# --- PPO -------------------------------------------------------------------------------------------
+
+
+def _start_roles(cfg: PPOConfig, model_dir: str, reward_dir: str, pg) -> dict:
+    """The four actors, one per bundle of the placement group."""
+    threads = max(1, int(cfg.cpus_per_role))
+
+    def place(cls, index: int):
+        return ray.remote(cls).options(
+            num_cpus=cfg.cpus_per_role, num_gpus=cfg.gpus_per_role, max_concurrency=1,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index),
+        )
+
+    return {
+        "policy": place(Policy, 0).remote(model_dir, cfg.lora.model_dump(), cfg.lr, cfg.grad_clip, cfg.seed, threads),
+        "reference": place(Reference, 1).remote(model_dir, threads),
+        "reward": place(Reward, 2).remote(reward_dir, threads),
+        "value": place(Value, 3).remote(reward_dir, cfg.value_lr, cfg.grad_clip, threads),
+    }
+
+
+def _judge(roles: dict, actor: str, prompts: list[list[int]], examples: list[Example], tokenizer, max_new_tokens: int) -> dict:
+    """Greedy answers of one role on held-out prompts: mean reward-model score and exact match."""
+    answers = ray.get(roles[actor].generate.remote(prompts, max_new_tokens, 0.0, 0))
+    scores = ray.get(roles["reward"].score.remote(prompts, answers))
+    texts = [tokenizer.decode(a, skip_special_tokens=True) for a in answers]
+    hits = [exact_match(t, e.response) for t, e in zip(texts, examples)]
+    return {"reward": float(scores.mean()), "exact_match": float(np.mean(hits))}
+
+
+def run_ppo(cfg: PPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
+    """PPO of the fine-tuned model against the reward model with a KL penalty; returns the merged policy (adapter in adapter/)."""
+    base, pairs, _ = _inputs(inputs, ctx)
+    reward_model = next(a for a in inputs.values() if a.kind == "reward_model")
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompts = [encode(p) for p in dict.fromkeys(p.prompt for p in pairs["train"])]
+    examples = _examples(pairs["test"])[: cfg.test_prompts]
+    test_prompts = [encode(e.prompt) for e in examples]
+
+    # The four roles, packed together when they fit (one node if possible).
+    bundle = {"CPU": cfg.cpus_per_role, **({"GPU": cfg.gpus_per_role} if cfg.gpus_per_role else {})}
+    pg = placement_group([bundle] * 4, strategy="PACK", name=f"ppo-{ctx.cache_key[:12]}")
+    if not pg.wait(timeout_seconds=300):
+        remove_placement_group(pg)
+        raise RuntimeError(f"PPO needs 4 role actors of {bundle}; the cluster has {ray.available_resources()} free "
+                           "(lower cpus_per_role / gpus_per_role)")
+    checkpoints = ctx.storage_path / f"{ctx.step}-{ctx.cache_key[:16]}"  # depends only on the cache key: a re-run resumes
+
+    def report(metrics: dict, iteration: int) -> None:
+        tracking.log_metrics(ctx.tracking_uri, ctx.run_id, metrics, step=iteration)
+        ctx.progress({k: round(v, 3) for k, v in metrics.items() if k in ("iteration", "reward", "kl", "kl_coef")})
+
+    try:
+        for attempt in range(cfg.max_failures + 1):
+            roles = _start_roles(cfg, str(base.path), str(reward_model.path), pg)
+            try:
+                fingerprint = ray.get(roles["reference"].fingerprint.remote())
+                before = _judge(roles, "reference", test_prompts, examples, tokenizer, cfg.eval_max_new_tokens)
+                state = ppo.train(cfg, roles, prompts, tokenizer.pad_token_id, checkpoints, report)
+                break
+            except ray.exceptions.RayActorError:
+                for actor in roles.values():
+                    ray.kill(actor)
+                if attempt == cfg.max_failures:
+                    raise
+                ctx.progress({"restarts": attempt + 1})  # every role restarts and reloads the last checkpoint
+
+        after = _judge(roles, "policy", test_prompts, examples, tokenizer, cfg.eval_max_new_tokens)
+        # KL paid: sampled responses to held-out prompts, log pi - log pi_ref summed over each response.
+        sampled = ray.get(roles["policy"].generate.remote(test_prompts, cfg.max_new_tokens, cfg.temperature, cfg.seed))
+        policy_lp, ref_lp = ray.get([roles["policy"].logprobs.remote(test_prompts, sampled, cfg.temperature),
+                                     roles["reference"].logprobs.remote(test_prompts, sampled, cfg.temperature)])
+        test_kl = float(((policy_lp - ref_lp) * pack(test_prompts, sampled, tokenizer.pad_token_id)["mask"]).sum(1).mean())
+        unchanged = ray.get(roles["reference"].fingerprint.remote()) == fingerprint
+        ray.get(roles["policy"].export.remote(str(ctx.output_dir)))
+    finally:
+        remove_placement_group(pg)
+
+    history = state["history"]
+    generation = float(np.mean([h["generation_s"] for h in history]))
+    training = float(np.mean([h["training_s"] for h in history]))
+    scoring = float(np.mean([h["scoring_s"] for h in history]))
+    metrics = {
+        "reward_before": before["reward"], "reward_after": after["reward"],
+        "exact_match_before": before["exact_match"], "exact_match_after": after["exact_match"],
+        "kl_to_reference": test_kl, "reference_unchanged": float(unchanged),
+        "iteration_generation_s": generation, "iteration_scoring_s": scoring, "iteration_training_s": training,
+        "generation_share": generation / (generation + scoring + training),
+    }
+    tracking.log_metrics(ctx.tracking_uri, ctx.run_id, metrics)
+    tracking.log_dict(ctx.tracking_uri, ctx.run_id, history, "ppo_iterations.json")
+    plot_curves(ctx, keys=("reward", "kl"), ylabel="reward-model score / KL (nats)", artifact_file="reward_kl.png")
+    headline = (f"reward {before['reward']:.2f} -> {after['reward']:.2f} for KL {test_kl:.2f} nats, "
+                f"exact match {before['exact_match']:.0%} -> {after['exact_match']:.0%}")
+    return Artifact(str(ctx.output_dir), "model", ctx.run_id, ctx.cache_key, metrics, headline)
