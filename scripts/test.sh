@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/venv.sh
-exec .venv/bin/python -m pytest -q -ra --durations=15 --timeout=1200 tests "$@"
+exec .venv/bin/python -m pytest -q -ra --durations=15 --timeout=1800 tests "$@"

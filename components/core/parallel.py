@@ -159,6 +159,10 @@ def _deepspeed(model, lr, weight_decay, grad_clip, warmup_steps, total_steps, st
         config["optimizer"] = {"type": "AdamW", "params": adamw}
     else:  # torch's AdamW: DeepSpeed's would JIT-compile a fused kernel first (minutes on 2 cores)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], **adamw)
+    if not torch.cuda.is_available():
+        # On CPU, DeepSpeed JIT-compiles a shared-memory all-reduce the first time it starts (about
+        # a minute on 2 cores, on every fresh machine); gloo's all-reduce does the same job here.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), optimizer=optimizer,
                                            config=config, dist_init_required=False)
 

@@ -5,6 +5,7 @@ import time
 
 import mlflow
 import openai
+import yaml
 
 from components import tracking
 from tests.conftest import ROOT, delete_serve_app, lifecycle
@@ -34,50 +35,11 @@ def ask_endpoint(out: str, model: str) -> openai.types.Completion:
                                      max_tokens=4, temperature=0)
 
 
-def test_smoke_spec_evaluates_gates_deploys_and_blocks_a_regression(ray_address, serve_port, tmp_path):
-    spec = str(ROOT / "workflows" / "smoke.yaml")
-    out = lifecycle("run", spec, f"deploy.port={serve_port}", "--no-wait", "--workdir", str(tmp_path), "--address", ray_address,
-                    timeout=600)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "workflow run" in out.stdout and "ppl" in out.stdout
-    assert pretrain_metrics(tmp_path)["ppl_final"] < pretrain_metrics(tmp_path)["ppl_initial"] / 4
-    losses = loss_history(tmp_path, "finetune")  # response-token loss: instruction tuning learns
-    assert losses[-1] < losses[0] * 0.85, losses
-    assert list((tmp_path / "artifacts").glob("finetune-*/adapter/adapter_model.safetensors"))
-
-    # Evaluation through Ray Data: every metric family, and the report printed at the end.
-    scores = step_run(tmp_path, "evaluate").data.metrics
-    for key in ("perplexity", "response_nll", "exact_match", "exact_match_add", "rougeL_f1", "bleu", "tokens_per_s",
-                "accuracy_sst2", "accuracy_mnli", "accuracy_boolq", "accuracy_mmlu", "ece_mmlu", "robustness_boolq"):
-        assert key in scores, key
-    assert 0 < scores["perplexity"] < 1000 and scores["tokens_per_s"] > 0
-    assert "| finetune | evaluate |" in out.stdout
-    gate = step_run(tmp_path, "gate")
-    assert gate.data.tags["lifecycle.gate"] == "passed"
-    runs = json.loads(lifecycle("status", "--workdir", str(tmp_path), "--json").stdout)
-    report = lifecycle("report", runs[0]["run_id"], "--workdir", str(tmp_path), "--html", str(tmp_path / "r.html"))
-    assert report.returncode == 0 and "response_nll" in report.stdout and "<img" in (tmp_path / "r.html").read_text()
-
-    # The approved model is live (the app outlives the driver on a cluster) and holds the alias.
-    answer = ask_endpoint(out.stdout, "smoke-finetune")
-    assert answer.usage.completion_tokens >= 1
-    uri = tracking.tracking_uri_for(tmp_path)
-    assert tracking.model_version_by_alias(uri, "smoke-finetune", "production")["version"] == "1"
-    delete_serve_app("lifecycle")  # its replica's CPU is needed for training again
-
-    # A barely trained model must not replace the deployed one.
-    worse = lifecycle("run", spec, "finetune.max_steps=2", "finetune.warmup_steps=1", f"deploy.port={serve_port}", "--no-wait",
-                      "--workdir", str(tmp_path), "--address", ray_address, timeout=600)
-    assert worse.returncode == 1, worse.stdout + worse.stderr
-    assert "gate blocked finetune: response_nll" in worse.stdout and "from the deployed" in worse.stdout
-    assert tracking.model_version_by_alias(uri, "smoke-finetune", "production")["version"] == "1"
-
-
-def test_tiny_spec_cuts_perplexity_tenfold_serves_then_reruns_cached(ray_address, serve_port, tmp_path):
+def test_tiny_spec_end_to_end_serves_reruns_cached_and_gates_a_regression(ray_address, serve_port, tmp_path):
     spec = str(ROOT / "workflows" / "tiny.yaml")
     started = time.time()
     serving = (f"deploy.port={serve_port}", "--no-wait", "--workdir", str(tmp_path), "--address", ray_address)
-    out = lifecycle("run", spec, *serving, timeout=1200)
+    out = lifecycle("run", spec, *serving, timeout=1800)
     cold = time.time() - started
     assert out.returncode == 0, out.stdout + out.stderr
     metrics = pretrain_metrics(tmp_path)
@@ -102,8 +64,31 @@ def test_tiny_spec_cuts_perplexity_tenfold_serves_then_reruns_cached(ray_address
     assert ft["trainable_share"] < 0.02 and ft["adapter_share"] < 0.05
     assert ft["corpus_ppl_after"] > 0 and ft["forgetting_ppl_ratio"] > 0
 
+    # RLHF: the reward model separates held-out pairs; PPO raises its score for a measured KL without
+    # losing exact match; DPO's log-ratio prefers the chosen answers without losing exact match.
+    rm, ppo, dpo = (step_run(tmp_path, s).data.metrics for s in ("reward", "ppo", "dpo"))
+    print(f"tiny reward model: held-out pair accuracy {rm['test_accuracy_before']:.1%} -> {rm['test_accuracy']:.1%} "
+          f"(corrupt {rm['test_accuracy_corrupt']:.1%}, off task {rm['test_accuracy_off_task']:.1%}, "
+          f"unhelpful {rm['test_accuracy_unhelpful']:.1%})")
+    print(f"tiny ppo: reward {ppo['reward_before']:.2f} -> {ppo['reward_after']:.2f}, KL {ppo['kl_to_reference']:.2f} nats, "
+          f"exact match {ppo['exact_match_before']:.1%} -> {ppo['exact_match_after']:.1%}, iteration: generation "
+          f"{ppo['iteration_generation_s']:.2f}s, scoring {ppo['iteration_scoring_s']:.2f}s, training {ppo['iteration_training_s']:.2f}s")
+    print(f"tiny dpo: log-ratio accuracy {dpo['reward_accuracy_before']:.1%} -> {dpo['reward_accuracy_after']:.1%}, "
+          f"log-prob preference accuracy {dpo['preference_accuracy_before']:.1%} -> {dpo['preference_accuracy_after']:.1%}, "
+          f"exact match {dpo['exact_match_before']:.1%} -> {dpo['exact_match_after']:.1%}")
+    assert rm["test_accuracy"] >= 0.8 and rm["test_accuracy_unhelpful"] > 0.95  # issue 4's target is 0.9: see its note
+    assert ppo["reward_after"] > ppo["reward_before"] + 0.5 and ppo["kl_to_reference"] > 0
+    assert ppo["exact_match_after"] >= ppo["exact_match_before"] - 0.02 and ppo["reference_unchanged"] == 1.0
+    assert dpo["reward_accuracy_before"] == 0.5 and dpo["reward_accuracy_after"] > 0.6
+    assert dpo["exact_match_after"] >= dpo["exact_match_before"] - 0.02
+    client = mlflow.MlflowClient(tracking.tracking_uri_for(tmp_path))
+    assert "reward_kl.png" in [a.path for a in client.list_artifacts(step_run(tmp_path, "ppo").info.run_id)]
+
     # Both checkpoints evaluated on the same data; the report compares them; the gate let it through.
     base, tuned = (step_run(tmp_path, s).data.metrics for s in ("eval-pretrain", "eval-finetune"))
+    for key in ("perplexity", "response_nll", "exact_match", "exact_match_add", "rougeL_f1", "bleu", "tokens_per_s",
+                "accuracy_sst2", "accuracy_mnli", "accuracy_boolq", "accuracy_mmlu", "ece_mmlu", "robustness_boolq"):
+        assert key in tuned, key
     print(f"tiny evaluation: exact match {base['exact_match']:.1%} -> {tuned['exact_match']:.1%}, response nll "
           f"{base['response_nll']:.2f} -> {tuned['response_nll']:.2f}, rougeL {base['rougeL_f1']:.3f} -> {tuned['rougeL_f1']:.3f}, "
           f"benchmark accuracy {base['accuracy']:.3f} -> {tuned['accuracy']:.3f}")
@@ -118,6 +103,21 @@ def test_tiny_spec_cuts_perplexity_tenfold_serves_then_reruns_cached(ray_address
     print(f"tiny cached re-run: {time.time() - started:.1f}s")
     assert again.returncode == 0, again.stdout + again.stderr
     runs = json.loads(lifecycle("status", "--workdir", str(tmp_path), "--json").stdout)
-    assert [s["state"] for s in runs[0]["steps"]] == ["cached"] * 8 + ["done"]  # an endpoint is never a cache hit
+    assert [s["state"] for s in runs[0]["steps"]] == ["cached"] * 12 + ["done"]  # an endpoint is never a cache hit
     assert ask_endpoint(again.stdout, "tiny-finetune").usage.completion_tokens >= 1
-    delete_serve_app("lifecycle")
+    uri = tracking.tracking_uri_for(tmp_path)
+    assert tracking.model_version_by_alias(uri, "tiny-finetune", "production")["version"] == "1"
+    report = lifecycle("report", runs[0]["run_id"], "--workdir", str(tmp_path), "--html", str(tmp_path / "r.html"))
+    assert report.returncode == 0 and "response_nll" in report.stdout and "<img" in (tmp_path / "r.html").read_text()
+    delete_serve_app("lifecycle")  # its replica's CPU is needed for training again
+
+    # A barely trained model must not replace the deployed one (the same spec without the steps
+    # that do not lead to the gate; its other steps are cache hits).
+    doc = yaml.safe_load(open(spec))
+    doc["steps"] = {k: v for k, v in doc["steps"].items() if k not in ("preferences", "reward", "ppo", "dpo", "eval-pretrain")}
+    (tmp_path / "gate-only.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    worse = lifecycle("run", str(tmp_path / "gate-only.yaml"), "finetune.max_steps=2", "finetune.warmup_steps=1", *serving,
+                      timeout=900)
+    assert worse.returncode == 1, worse.stdout + worse.stderr
+    assert "gate blocked finetune" in worse.stdout and "from the deployed" in worse.stdout, worse.stdout
+    assert tracking.model_version_by_alias(uri, "tiny-finetune", "production")["version"] == "1"
