@@ -92,27 +92,19 @@ def _by_kind(hits: list[bool], pairs: list[PreferencePair], prefix: str) -> dict
 
 
 @torch.no_grad()
-def reward_scores(model, tokenizer, pairs: list[PreferencePair], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Reward-model scores of the chosen and of the rejected answers: two [N] arrays."""
-    out = {"chosen": [], "rejected": []}
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        for side in out:
-            batch = pad_batch([encode_pair(tokenizer, p.prompt, getattr(p, side)) for p in chunk], tokenizer.pad_token_id)
-            out[side].append(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1))
-    return torch.cat(out["chosen"]).numpy(), torch.cat(out["rejected"]).numpy()
+def score_pairs(model, tokenizer, pairs: list[PreferencePair], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of the chosen and of the rejected answers: two [N] arrays.
 
-
-@torch.no_grad()
-def answer_logprobs(model, tokenizer, pairs: list[PreferencePair], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """log p(chosen | prompt) and log p(rejected | prompt) under a causal LM, summed over answer tokens (eos included): [N] nats each."""
+    A reward model (one output per sequence) gives its scalar score; a causal LM gives
+    log p(answer | prompt) summed over the answer's tokens, eos included (nats).
+    """
     out = {"chosen": [], "rejected": []}
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         for side in out:
             batch = pad_batch([encode_pair(tokenizer, p.prompt, getattr(p, side)) for p in chunk], tokenizer.pad_token_id)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            out[side].append(sequence_logprobs(logits, batch["labels"]))
+            out[side].append(logits.squeeze(-1) if logits.dim() == 2 else sequence_logprobs(logits, batch["labels"]))
     return torch.cat(out["chosen"]).numpy(), torch.cat(out["rejected"]).numpy()
 
 
@@ -141,7 +133,7 @@ def run_reward(cfg: RewardConfig, inputs: dict[str, Artifact], ctx: StepContext)
     test = pairs["test"][: cfg.test_pairs]
 
     untrained, _ = build_reward_model(str(base.path), cfg.seed)
-    chosen, rejected = reward_scores(untrained.eval(), tokenizer, test)
+    chosen, rejected = score_pairs(untrained.eval(), tokenizer, test)
     before = _by_kind(list(chosen > rejected), test, "test_accuracy_before")
     del untrained
 
@@ -150,7 +142,7 @@ def run_reward(cfg: RewardConfig, inputs: dict[str, Artifact], ctx: StepContext)
     _copy_export(_fit(loop_config, cfg, ctx, ("step", "loss", "accuracy", "test_accuracy")), ctx.output_dir)
 
     model = AutoModelForSequenceClassification.from_pretrained(ctx.output_dir).eval()
-    chosen, rejected = reward_scores(model, tokenizer, test)
+    chosen, rejected = score_pairs(model, tokenizer, test)
     after = _by_kind(list(chosen > rejected), test, "test_accuracy")
     metrics = {**before, **after, "test_margin": float(np.mean(chosen - rejected)),
                "score_chosen": float(np.mean(chosen)), "score_rejected": float(np.mean(rejected))}
@@ -174,7 +166,7 @@ def run_dpo(cfg: DPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Ar
     examples = _examples(pairs["test"])[: cfg.test_pairs]
 
     def judge(model, suffix: str) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-        chosen, rejected = answer_logprobs(model, tokenizer, test)
+        chosen, rejected = score_pairs(model, tokenizer, test)
         em = exact_match_by_family(model, tokenizer, examples, cfg.max_new_tokens)
         scores = {**_by_kind(list(chosen > rejected), test, f"preference_accuracy_{suffix}"),
                   f"exact_match_{suffix}": em["all"], f"chosen_logprob_{suffix}": float(np.mean(chosen))}

@@ -116,8 +116,10 @@ def test_tiny_spec_end_to_end_serves_reruns_cached_and_gates_a_regression(ray_ad
     doc = yaml.safe_load(open(spec))
     doc["steps"] = {k: v for k, v in doc["steps"].items() if k not in ("preferences", "reward", "ppo", "dpo", "eval-pretrain")}
     (tmp_path / "gate-only.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    worse = lifecycle("run", str(tmp_path / "gate-only.yaml"), "finetune.max_steps=2", "finetune.warmup_steps=1", *serving,
-                      timeout=900)
+    quick = ("finetune.test_examples=60", "finetune.eval_tokens=2000", "eval-finetune.test_examples=60",
+             "eval-finetune.eval_tokens=2000", "eval-finetune.benchmark_limit=12")  # a 2-step model fails on any sample
+    worse = lifecycle("run", str(tmp_path / "gate-only.yaml"), "finetune.max_steps=2", "finetune.warmup_steps=1", *quick,
+                      *serving, timeout=900)
     assert worse.returncode == 1, worse.stdout + worse.stderr
     assert "gate blocked finetune" in worse.stdout and "from the deployed" in worse.stdout, worse.stdout
     assert tracking.model_version_by_alias(uri, "tiny-finetune", "production")["version"] == "1"
