@@ -46,6 +46,14 @@ def _inputs(inputs: dict[str, Artifact], ctx: StepContext) -> tuple[Artifact, di
     return model, pairs, prefs.path
 
 
+def _tokenized(inputs: dict[str, Artifact], ctx: StepContext):
+    """(fine-tuned model, {train, test} pairs, its tokenizer, the pairs encoded by `_encode`)."""
+    base, pairs, prefs_dir = _inputs(inputs, ctx)
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    context = context_length(AutoConfig.from_pretrained(base.path))
+    return base, pairs, tokenizer, {s: _encode(pairs[s], tokenizer, context, prefs_dir / f"{s}.jsonl") for s in pairs}
+
+
 def _encode(pairs: list[PreferencePair], tokenizer, context: int, path: Path):
     """((chosen ids, labels), (rejected ids, labels)) per pair; a pair longer than the context is an error naming its line."""
     encoded = []
@@ -126,10 +134,7 @@ def _copy_export(export: Path, output_dir: Path) -> None:
 
 def run_reward(cfg: RewardConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
     """Train a reward model (scalar head on the fine-tuned model, Bradley-Terry loss); held-out pair accuracy before/after."""
-    base, pairs, prefs_dir = _inputs(inputs, ctx)
-    tokenizer = AutoTokenizer.from_pretrained(base.path)
-    context = context_length(AutoConfig.from_pretrained(base.path))
-    encoded = {s: _encode(pairs[s], tokenizer, context, prefs_dir / f"{s}.jsonl") for s in pairs}
+    base, pairs, tokenizer, encoded = _tokenized(inputs, ctx)
     test = pairs["test"][: cfg.test_pairs]
 
     untrained, _ = build_reward_model(str(base.path), cfg.seed)
@@ -158,10 +163,7 @@ def run_reward(cfg: RewardConfig, inputs: dict[str, Artifact], ctx: StepContext)
 
 def run_dpo(cfg: DPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
     """DPO (or IPO) of the fine-tuned model on preference pairs; preference accuracy and exact match before/after."""
-    base, pairs, prefs_dir = _inputs(inputs, ctx)
-    tokenizer = AutoTokenizer.from_pretrained(base.path)
-    context = context_length(AutoConfig.from_pretrained(base.path))
-    encoded = {s: _encode(pairs[s], tokenizer, context, prefs_dir / f"{s}.jsonl") for s in pairs}
+    base, pairs, tokenizer, encoded = _tokenized(inputs, ctx)
     test = pairs["test"][: cfg.test_pairs]
     examples = _examples(pairs["test"])[: cfg.test_pairs]
 
