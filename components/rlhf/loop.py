@@ -84,7 +84,7 @@ def pairwise_loop(config: dict) -> None:
         policy = [sequence_logprobs(par.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"])
                   for b in (chosen, rejected)]
         with torch.no_grad(), (model.disable_adapter() if reference is None else contextlib.nullcontext()):
-            frozen = reference or model
+            frozen = model if reference is None else reference
             ref = [sequence_logprobs(frozen(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"])
                    for b in (chosen, rejected)]
         loss, chosen_reward, rejected_reward = dpo_loss(policy[0], policy[1], ref[0], ref[1], cfg.beta, cfg.loss)
