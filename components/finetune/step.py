@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import ray.train
-from ray.train.torch import TorchTrainer
 from transformers import AutoModelForCausalLM
 
-from components import tracking
+from components import tracking, training
 from components.artifact import Artifact, StepContext
 from components.core.models import context_length, load_trained
 from components.core.peft_methods import trainable_parameters
@@ -22,7 +19,7 @@ from components.data.tokenizer import tokenize_and_pack
 from components.finetune.config import FinetuneConfig
 from components.finetune.evaluate import corpus_perplexity, exact_match_by_family
 from components.finetune.loop import build_model, train_loop
-from components.report import ReportToLineage, plot_curves
+from components.report import plot_curves
 
 REPLAY_BLOCK = 64  # tokens per replayed pretraining row
 
@@ -41,7 +38,7 @@ def run(cfg: FinetuneConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     if cfg.method == "prompt_tuning":
         context -= cfg.prompt_tuning.num_virtual_tokens
     splits = {s: read_examples_jsonl(instructions.path / f"{s}.jsonl") for s in ("train", "validation", "test")}
-    pairs = {s: _encode(instructions.path / f"{s}.jsonl", examples, tokenizer, context) for s, examples in splits.items() if s != "test"}
+    pairs = {s: encode_split(instructions.path / f"{s}.jsonl", examples, tokenizer, context) for s, examples in splits.items() if s != "test"}
     _log_inputs(ctx, instructions_step, instructions, corpus_step, corpus)
     tracking.log_metrics(ctx.tracking_uri, ctx.run_id, {"trainable_params": trainable, "total_params": total, "trainable_share": trainable / total})
 
@@ -60,7 +57,7 @@ def run(cfg: FinetuneConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     loop_config = {"cfg": cfg.model_dump(), "train_pairs": pairs["train"], "val_pairs": pairs["validation"],
                    "replay_blocks": replay, "base_dir": str(base.path)}
     if cfg.sweep is None:
-        export, best = _train(cfg, loop_config, ctx), {}
+        export, best = training.fit(train_loop, loop_config, ctx, cfg.max_failures, ("step", "loss", "val_loss", "examples_per_s")), {}
     else:
         from components.finetune.sweep import run_sweep
 
@@ -94,8 +91,8 @@ def run(cfg: FinetuneConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     return Artifact(str(ctx.output_dir), "model", ctx.run_id, ctx.cache_key, metrics, headline)
 
 
-def _encode(path: Path, examples, tokenizer, context: int) -> list[tuple[list[int], list[int]]]:
-    """Token pairs of a split; an example longer than the context is an error naming its line."""
+def encode_split(path: Path, examples, tokenizer, context: int) -> list[tuple[list[int], list[int]]]:
+    """Token pairs (input_ids, labels) of a split; an example longer than the context is an error naming its line."""
     pairs = []
     for line, e in enumerate(examples, start=1):
         ids, labels = encode_pair(tokenizer, e.prompt, e.response)
@@ -106,35 +103,9 @@ def _encode(path: Path, examples, tokenizer, context: int) -> list[tuple[list[in
     return pairs
 
 
-def trainer_for(cfg: FinetuneConfig, loop_config: dict, ctx: StepContext, name: str, callbacks: list) -> TorchTrainer:
+def trainer_for(cfg: FinetuneConfig, loop_config: dict, ctx: StepContext, name: str, callbacks: list):
     """One distributed fine-tuning run (also a sweep trial's): ctx.workers Ray Train workers."""
-    return TorchTrainer(
-        train_loop,
-        train_loop_config={**loop_config, "cfg": cfg.model_dump()},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=ctx.workers,
-            use_gpu=ctx.gpus_per_worker > 0,
-            resources_per_worker={"CPU": ctx.cpus_per_worker, **({"GPU": ctx.gpus_per_worker} if ctx.gpus_per_worker else {})},
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,  # depends only on the cache key: a re-run resumes from the latest checkpoint
-            storage_path=str(ctx.storage_path),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=callbacks,
-        ),
-    )
-
-
-def _train(cfg: FinetuneConfig, loop_config: dict, ctx: StepContext) -> Path:
-    shown = ("step", "loss", "val_loss", "examples_per_s")
-    trainer = trainer_for(cfg, loop_config, ctx, f"{ctx.step}-{ctx.cache_key[:16]}",
-                          [ReportToLineage(ctx.tracking_uri, ctx.run_id, ctx.progress, shown)])
-    result = trainer.fit()
-    local = Path(tempfile.mkdtemp(prefix="finetune-export-"))
-    with result.checkpoint.as_directory() as directory:
-        shutil.copytree(directory, local, dirs_exist_ok=True)
-    return local
+    return training.trainer(train_loop, {**loop_config, "cfg": cfg.model_dump()}, ctx, name, cfg.max_failures, callbacks)
 
 
 def _sizes(directory: Path) -> dict[str, float]:

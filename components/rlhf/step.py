@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import ray
-import ray.train
 import torch
-from ray.train.torch import TorchTrainer
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from components import tracking
+from components import tracking, training
 from components.artifact import Artifact, StepContext
 from components.core.metrics import exact_match
 from components.core.models import context_length
@@ -25,7 +22,7 @@ from components.core.sft import encode_pair, pad_batch
 from components.data.instructions import Example
 from components.data.preferences import PreferencePair, read_pairs_jsonl
 from components.finetune.evaluate import exact_match_by_family
-from components.report import ReportToLineage, plot_curves
+from components.report import plot_curves
 from components.rlhf import ppo
 from components.rlhf.config import DPOConfig, PPOConfig, RewardConfig
 from components.rlhf.loop import build_reward_model, pairwise_loop
@@ -64,30 +61,6 @@ def _encode(pairs: list[PreferencePair], tokenizer, context: int, path: Path):
             raise ValueError(f"{path}:{line}: prompt + answer is {longest} tokens, more than the model's context of {context}")
         encoded.append((chosen, rejected))
     return encoded
-
-
-def _fit(loop_config: dict, cfg, ctx: StepContext, shown: tuple[str, ...]) -> Path:
-    """One Ray Train run of the pairwise loop on ctx.workers workers; returns a local copy of its export."""
-    trainer = TorchTrainer(
-        pairwise_loop,
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=ctx.workers, use_gpu=ctx.gpus_per_worker > 0,
-            resources_per_worker={"CPU": ctx.cpus_per_worker, **({"GPU": ctx.gpus_per_worker} if ctx.gpus_per_worker else {})},
-        ),
-        run_config=ray.train.RunConfig(
-            name=f"{ctx.step}-{ctx.cache_key[:16]}",  # depends only on the cache key: a re-run resumes
-            storage_path=str(ctx.storage_path),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[ReportToLineage(ctx.tracking_uri, ctx.run_id, ctx.progress, shown)],
-        ),
-    )
-    result = trainer.fit()
-    local = Path(tempfile.mkdtemp(prefix=f"{ctx.phase}-export-"))
-    with result.checkpoint.as_directory() as directory:
-        shutil.copytree(directory, local, dirs_exist_ok=True)
-    return local
 
 
 def _by_kind(hits: list[bool], pairs: list[PreferencePair], prefix: str) -> dict[str, float]:
@@ -144,7 +117,7 @@ def run_reward(cfg: RewardConfig, inputs: dict[str, Artifact], ctx: StepContext)
 
     loop_config = {"objective": "reward", "cfg": cfg.model_dump(), "base_dir": str(base.path),
                    "train_pairs": encoded["train"], "test_pairs": encoded["test"][: cfg.test_pairs]}
-    _copy_export(_fit(loop_config, cfg, ctx, ("step", "loss", "accuracy", "test_accuracy")), ctx.output_dir)
+    _copy_export(training.fit(pairwise_loop, loop_config, ctx, cfg.max_failures, ("step", "loss", "accuracy", "test_accuracy")), ctx.output_dir)
 
     model = AutoModelForSequenceClassification.from_pretrained(ctx.output_dir).eval()
     chosen, rejected = score_pairs(model, tokenizer, test)
@@ -180,7 +153,7 @@ def run_dpo(cfg: DPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Ar
 
     loop_config = {"objective": "dpo", "cfg": cfg.model_dump(), "base_dir": str(base.path),
                    "train_pairs": encoded["train"], "test_pairs": encoded["test"][: cfg.test_pairs]}
-    _copy_export(_fit(loop_config, cfg, ctx, ("step", "loss", "accuracy", "test_accuracy")), ctx.output_dir)
+    _copy_export(training.fit(pairwise_loop, loop_config, ctx, cfg.max_failures, ("step", "loss", "accuracy", "test_accuracy")), ctx.output_dir)
 
     tuned = AutoModelForCausalLM.from_pretrained(ctx.output_dir).eval()
     after, chosen, rejected = judge(tuned, "after")
@@ -241,11 +214,14 @@ def run_ppo(cfg: PPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Ar
 
     # The four roles, packed together when they fit (one node if possible).
     bundle = {"CPU": cfg.cpus_per_role, **({"GPU": cfg.gpus_per_role} if cfg.gpus_per_role else {})}
+    total = ray.cluster_resources()
+    if any(4 * amount > total.get(kind, 0) for kind, amount in bundle.items()):
+        raise RuntimeError(f"PPO needs 4 role actors of {bundle}; the whole cluster has {total} (lower cpus_per_role / gpus_per_role)")
     pg = placement_group([bundle] * 4, strategy="PACK", name=f"ppo-{ctx.cache_key[:12]}")
-    if not pg.wait(timeout_seconds=300):
-        remove_placement_group(pg)
-        raise RuntimeError(f"PPO needs 4 role actors of {bundle}; the cluster has {ray.available_resources()} free "
-                           "(lower cpus_per_role / gpus_per_role)")
+    waited = 0
+    while not pg.wait(timeout_seconds=30):  # other steps hold the resources: wait for them, as Ray Train does
+        waited += 30
+        ctx.progress({"waiting for resources": f"{waited}s"})
     checkpoints = ctx.storage_path / f"{ctx.step}-{ctx.cache_key[:16]}"  # depends only on the cache key: a re-run resumes
 
     def report(metrics: dict, iteration: int) -> None:

@@ -14,7 +14,7 @@ from components.data.config import TokenizerConfig
 from components.data.instructions import generate_tasks
 from components.data.tokenizer import train_bpe
 from components.finetune.config import FinetuneConfig
-from components.finetune.step import _encode
+from components.finetune.step import encode_split
 from workflows.spec import SpecError, load_spec
 
 
@@ -158,7 +158,7 @@ def test_example_longer_than_the_context_names_file_and_line(tokenizer, tmp_path
     examples = generate_tasks(3, seed=0, families=["add"])
     long = examples[:2] + [type(examples[0])("add", examples[2].prompt * 10, "1")]
     with pytest.raises(ValueError, match=r"train.jsonl:3: prompt \+ response is \d+ tokens, more than the model's context of 96"):
-        _encode(tmp_path / "train.jsonl", long, tokenizer, 96)
+        encode_split(tmp_path / "train.jsonl", long, tokenizer, 96)
 
 
 @pytest.mark.parametrize("override, expected", [

@@ -1,0 +1,51 @@
+"""Ray Train wiring shared by the training phases: a TorchTrainer over the step's workers, and a
+local copy of the checkpoint its loop exported at the end."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from components.artifact import StepContext
+from components.report import ReportToLineage
+
+
+def trainer(loop: Callable[[dict], None], loop_config: dict, ctx: StepContext, name: str, max_failures: int,
+            callbacks: list) -> TorchTrainer:
+    """One distributed run of `loop` on ctx.workers workers. `name` should depend only on the step's
+    cache key, so that a re-run after a crash resumes from the latest checkpoint."""
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=ctx.workers,
+            use_gpu=ctx.gpus_per_worker > 0,
+            resources_per_worker={"CPU": ctx.cpus_per_worker, **({"GPU": ctx.gpus_per_worker} if ctx.gpus_per_worker else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(ctx.storage_path),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
+        ),
+    )
+
+
+def fit(loop: Callable[[dict], None], loop_config: dict, ctx: StepContext, max_failures: int, shown: tuple[str, ...],
+        part: str = "", run_id: str | None = None) -> Path:
+    """Run `loop` to the end, every report logged to MLflow (`run_id`, default the step's run) and
+    shown in the progress table; returns a local copy of the final checkpoint (the loop's export).
+    `part` names a second training run of the same step (its own checkpoints)."""
+    name = f"{ctx.step}-{ctx.cache_key[:16]}" + (f"-{part}" if part else "")
+    callbacks = [ReportToLineage(ctx.tracking_uri, run_id or ctx.run_id, ctx.progress, shown)]
+    result = trainer(loop, loop_config, ctx, name, max_failures, callbacks).fit()
+    local = Path(tempfile.mkdtemp(prefix=f"{ctx.phase}-export-"))
+    with result.checkpoint.as_directory() as directory:
+        shutil.copytree(directory, local, dirs_exist_ok=True)
+    return local
