@@ -61,6 +61,18 @@ PHASES: dict[str, Phase] = {
         "components.rlhf.config:DPOConfig", "components.rlhf.step:run_dpo", ("model", "preferences"), "model",
         "align the model on preference pairs with DPO (or IPO) under Ray Train; no reward model, no sampling",
     ),
+    "quantize": Phase(
+        "components.compress.config:QuantizeConfig", "components.compress.step:run_quantize", ("model", "instructions"), "model",
+        "quantize a merged model (fp16/bf16, int8 dynamic, int8/int4 weight-only); size, CPU speed and exact match next to the source",
+    ),
+    "distill": Phase(
+        "components.compress.config:DistillConfig", "components.compress.step:run_distill", ("model", "instructions"), "model",
+        "distil the model into a smaller student (its own layers, narrower MLPs) on its softened distribution, with Ray Train",
+    ),
+    "prune": Phase(
+        "components.compress.config:PruneConfig", "components.compress.step:run_prune", ("model", "instructions"), "model",
+        "magnitude-prune the model (global unstructured or MLP channels), then recover with a short distillation",
+    ),
     "evaluate": Phase(
         "components.evaluate.config:EvaluateConfig", "components.evaluate.step:run", ("model", "instructions?", "dataset?"),
         "evaluation", "score a model (perplexity, exact match, ROUGE, BLEU, benchmark suites) on Ray Data replicas",
@@ -76,6 +88,10 @@ PHASES: dict[str, Phase] = {
         cache=False,
     ),
 }
+
+
+# Phases that train their model input (and merge adapters into it): never after a quantize step.
+TRAINS_WEIGHTS = {"finetune", "reward", "ppo", "dpo", "distill", "prune"}
 
 
 def load(ref: str):

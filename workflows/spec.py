@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from workflows.phases import PHASES, load
+from workflows.phases import PHASES, TRAINS_WEIGHTS, load
 
 
 class SpecError(ValueError):
@@ -162,6 +162,13 @@ def validate(document: dict, path: str, text: str = "") -> Resolved:
                 _at(path, lines, ("steps", name, "needs"),
                     f"step '{name}', field 'needs': phase '{step.uses}' consumes {sorted(want) or 'nothing'} "
                     f"but its needs provide {got or 'nothing'}")
+            )
+        quantized = [n for n in step.needs if spec.steps[n].uses == "quantize"]
+        if quantized and step.uses in TRAINS_WEIGHTS:
+            raise SpecError(
+                _at(path, lines, ("steps", name, "needs"),
+                    f"step '{name}' ({step.uses}) would train on and merge into '{quantized[0]}', a quantized model: "
+                    "quantize last (train and merge adapters first, then quantize the merged weights)")
             )
     return Resolved(path, spec, configs, order, spec.model_dump(by_alias=True))
 

@@ -63,14 +63,20 @@ def context_length(model) -> int:
 
 
 def load_trained(model_dir) -> PreTrainedModel:
-    """A lifecycle model as a user loads it, in eval mode: merged weights (safetensors), or the base
-    plus its soft prompt when it was prompt-tuned (a soft prompt does not fold into weights)."""
+    """A lifecycle model as a user loads it, in eval mode: merged weights (safetensors), the base
+    plus its soft prompt when it was prompt-tuned (a soft prompt does not fold into weights), or
+    a quantized model rebuilt from its integer weights (components/core/quantize.py)."""
     import json
     from pathlib import Path
 
     from transformers import AutoModelForCausalLM
 
     model_dir = Path(model_dir)
+    recipe = model_dir / "compression.json"
+    if recipe.exists() and json.loads(recipe.read_text())["method"].startswith("int"):  # integer weights: rebuilt, not from_pretrained
+        from components.core.quantize import load_quantized
+
+        return load_quantized(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     adapter = model_dir / "adapter" / "adapter_config.json"
     if adapter.exists() and json.loads(adapter.read_text()).get("peft_type") == "PROMPT_TUNING":

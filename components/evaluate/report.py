@@ -13,8 +13,8 @@ import io
 
 # Headline columns, in reading order; per-family and per-suite metrics follow in the details.
 HEADLINE = ("perplexity", "response_nll", "exact_match", "rouge1_f1", "rouge2_f1", "rougeL_f1", "bleu",
-            "accuracy", "calibration_ece", "robustness", "tokens_per_s")
-LOWER_IS_BETTER = {"perplexity", "response_nll", "calibration_ece"}
+            "accuracy", "calibration_ece", "robustness", "tokens_per_s", "model_bytes")
+LOWER_IS_BETTER = {"perplexity", "response_nll", "calibration_ece", "model_bytes"}
 
 
 def columns(rows: list[dict]) -> tuple[list[str], list[str]]:
@@ -89,6 +89,31 @@ def figure(rows: list[dict]):
     return fig
 
 
+def size_quality_figure(rows: list[dict], quality: tuple[str, ...] = ("exact_match", "rougeL_f1", "perplexity")):
+    """Quality against size on disk, a point per evaluated model (the compression trade-off), or None
+    when fewer than two models have both."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in quality if sum(k in r["metrics"] and "model_bytes" in r["metrics"] for r in rows) >= 2]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for i, r in enumerate(rows):
+            if key in r["metrics"] and "model_bytes" in r["metrics"]:
+                x, y = r["metrics"]["model_bytes"] / 1e6, r["metrics"][key]
+                ax.scatter([x], [y], color=f"C{i}")
+                ax.annotate(r["model"], (x, y), fontsize=8, xytext=(4, 3), textcoords="offset points")
+        ax.set_xlabel("weights on disk (MB)")
+        ax.set_title(key + (" (lower better)" if key in LOWER_IS_BETTER else ""), fontsize=9)
+    fig.suptitle("size against quality", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def html_page(rows: list[dict], fig=None, title: str = "Evaluation report") -> str:
     """A standalone HTML page: the tables and the plot as an embedded PNG."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
@@ -127,4 +152,8 @@ def publish(uri: str, workflow_run_id: str) -> str | None:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+    trade_off = size_quality_figure(rows)
+    if trade_off is not None:
+        tracking.log_figure(uri, workflow_run_id, trade_off, "size_quality.png")
+        plt.close(trade_off)
     return text

@@ -89,6 +89,7 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
 
     # 3. Summarise into metrics, write the artifact, log to the step's run.
     scores = summarise(requests, results, cfg)
+    scores["model_bytes"] = float(sum(p.stat().st_size for p in model.path.glob("*.safetensors")))  # weights on disk
     if cfg.lm_eval_tasks:
         from components.data.benchmarks import run_lm_eval
 

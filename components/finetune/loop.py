@@ -94,7 +94,7 @@ def train_loop(config: dict) -> None:
         if resumed_from is not None:
             metrics["resumed_from_step"], resumed_from = resumed_from, None
         if done % cfg.eval_every == 0 or last:
-            metrics["val_loss"] = _validation_loss(par.model, val, cfg.micro_batch_size, rank, world, device, tokenizer.pad_token_id)
+            metrics["val_loss"] = validation_loss(par.model, val, cfg.micro_batch_size, rank, world, device, tokenizer.pad_token_id)
         if last:
             progress["final_metrics"] = metrics
             save_and_report(metrics, par, progress, rank, cfg.strategy, export=_export(par, config["base_dir"], cfg, rank))
@@ -118,7 +118,7 @@ def batch_rows(n: int, index: int, size: int, rank: int, world: int, seed: int) 
 
 
 @torch.no_grad()
-def _validation_loss(model, pairs: list[Pair], size: int, rank: int, world: int, device, pad_id: int) -> float:
+def validation_loss(model, pairs: list[Pair], size: int, rank: int, world: int, device, pad_id: int) -> float:
     """Mean response-token loss over this worker's share of the validation pairs, averaged over workers."""
     mine = pairs[rank::world][: len(pairs) // world]
     total, count = 0.0, 0

@@ -78,6 +78,16 @@ def test_report_table_has_every_checkpoint_and_deltas():
     page = report.html_page(ROWS, report.figure(ROWS))
     assert page.count("<table>") == 2 and "data:image/png;base64," in page and "90 (+24)" in page
     assert "No evaluate step" in report.markdown([])
+    assert report.size_quality_figure(ROWS) is None  # no sizes: nothing to plot
+
+
+def test_size_quality_plot_has_a_point_per_sized_model():
+    sized = [{**r, "metrics": {**r["metrics"], "model_bytes": b}} for r, b in zip(ROWS, (4.3e6, 2.0e6))]
+    fig = report.size_quality_figure(sized)
+    panels = [ax for ax in fig.axes if ax.collections]
+    assert [ax.get_title() for ax in panels] == ["exact_match", "perplexity (lower better)"]
+    assert [tuple(c.get_offsets()[0]) for c in panels[0].collections] == [(4.3, 0.0), (2.0, 0.25)]
+    assert "model_bytes" in report.markdown(sized).splitlines()[4]  # a headline column
 
 
 def test_gate_rules():

@@ -1,0 +1,94 @@
+"""Typed config of the compression phases: `uses: quantize`, `uses: distill`, `uses: prune`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from components.core.quantize import METHODS
+
+
+class Measure(BaseModel):
+    """How every compression step measures the source model and its compressed copy, side by side."""
+
+    model_config = ConfigDict(extra="forbid")
+    speed_prompts: int = Field(8, ge=1, description="Held-out test prompts generated from for latency and throughput.")
+    new_tokens: int = Field(32, ge=1, description="Tokens generated per prompt in a timed run (eos ignored).")
+    repeats: int = Field(5, ge=1, description="Timed runs after one warm-up; the median is reported.")
+    test_examples: int = Field(300, ge=1, description="Held-out test prompts answered greedily for exact match.")
+    max_new_tokens: int = Field(24, ge=1, description="Greedy tokens per test prompt for exact match.")
+
+
+class StudentTraining(BaseModel):
+    """Training a compressed model with Ray Train on the instruction data, its source as the teacher."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_steps: int = Field(300, ge=0, description="Optimizer steps (0: no training).")
+    micro_batch_size: int = Field(16, ge=1, description="Examples per worker per step.")
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate (AdamW), all weights trainable.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
+    warmup_steps: int = Field(10, ge=0, description="Linear warmup steps before the cosine decay.")
+    grad_clip: float = Field(1.0, gt=0, description="Clip the global gradient L2 norm to this value.")
+    temperature: float = Field(2.0, gt=0, description="Softmax temperature T of the teacher's and student's distributions (T > 1 softens).")
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the soft (teacher) term against the labels' cross-entropy; 0: labels only.")
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="Data-parallel strategy (pruning's masks need ddp: they apply to whole weights).")
+    log_every: int = Field(20, ge=1, description="Report the loss every N steps.")
+    checkpoint_every: int = Field(100, ge=1, description="Save a resumable checkpoint every N steps.")
+    max_failures: int = Field(3, ge=0, description="Worker-group restarts (from the last checkpoint) before the step fails.")
+    seed: int = Field(0, description="Seed of the data order.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.max_steps and self.warmup_steps >= self.max_steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
+        return self
+
+
+class QuantizeConfig(BaseModel):
+    """Post-training quantization of a (merged) model; no training."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: Literal[METHODS] = Field(
+        "int8_dynamic",
+        description="fp16 | bf16 (cast) | int8_dynamic (int8 weights and activations, CPU) | int8_weight_only | "
+        "int4_weight_only (torchao; int4 needs a CUDA GPU).",
+    )
+    group_size: int = Field(32, ge=16, description="int4_weight_only: weights sharing one scale.")
+    measure: Measure = Field(default_factory=Measure, description="Speed and exact-match measurement.")
+
+
+class DistillConfig(BaseModel):
+    """Knowledge distillation into a smaller student initialised from the teacher's layers."""
+
+    model_config = ConfigDict(extra="forbid")
+    student_layers: list[int] | None = Field(
+        None, description="Teacher blocks the student starts from, in order; None: half of them, evenly spaced, first and last included."
+    )
+    mlp_keep: float = Field(0.5, gt=0, le=1, description="Share of each MLP's hidden channels the student keeps (largest weight norms).")
+    init: Literal["teacher", "random"] = Field("teacher", description="Student weights: copied from the teacher's kept layers, or fresh.")
+    training: StudentTraining = Field(default_factory=StudentTraining, description="Distillation training (alpha, temperature, steps).")
+    baseline: bool = Field(
+        True, description="Also train the same student on the labels alone (alpha 0) and log its exact match: the teacher's effect, measured."
+    )
+    measure: Measure = Field(default_factory=Measure, description="Speed and exact-match measurement.")
+
+
+class PruneConfig(BaseModel):
+    """Magnitude pruning, then an optional short recovery fine-tune with the unpruned model as teacher."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["unstructured", "channels"] = Field(
+        "unstructured", description="unstructured: global smallest-|w| block weights zeroed; channels: MLP hidden channels removed."
+    )
+    sparsity: float = Field(0.5, gt=0, lt=1, description="Share of block weights zeroed (unstructured) or of MLP channels removed (channels).")
+    recovery: StudentTraining = Field(
+        default_factory=lambda: StudentTraining(max_steps=100), description="Recovery training, pruned weights held at zero; max_steps 0: none."
+    )
+    measure: Measure = Field(default_factory=Measure, description="Speed and exact-match measurement.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.method == "unstructured" and self.recovery.max_steps and self.recovery.strategy != "ddp":
+            raise ValueError("recovery.strategy must be ddp for unstructured pruning: the masks apply to whole weights")
+        return self
