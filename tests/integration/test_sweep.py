@@ -15,7 +15,7 @@ from components import tracking
 from components.deploy.step import adapters_of
 from tests.conftest import ROOT, lifecycle, lifecycle_popen, wait_for, wait_for_idle_cluster
 
-RANKS = [2, 8, 32]
+RANKS = [2, 8]
 MAX_STEPS = 40
 
 
@@ -90,7 +90,7 @@ def test_sweep_resumes_after_a_killed_driver_and_its_best_adapter_flows_on(ray_a
     steps_logged = Counter(m.step for m in client.get_metric_history(first_trial, "loss"))
     assert max(steps_logged) == MAX_STEPS and all(n == 1 for s, n in steps_logged.items() if s < MAX_STEPS), steps_logged
     by_rank = {int(t.data.params["r"]): t.data.metrics["trainable_params"] for t in trials}
-    assert by_rank[2] < by_rank[8] < by_rank[32]
+    assert by_rank[2] < by_rank[8]
 
     summary = json.loads(open(client.download_artifacts(step.info.run_id, "sweep/results.json", str(tmp_path))).read())["summary"]
     assert summary["trial_steps"] <= summary["trial_steps_without_early_stopping"]
