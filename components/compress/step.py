@@ -8,6 +8,7 @@ scores the compressed model like any other, and the workflow's report compares t
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -23,7 +24,7 @@ from components.artifact import Artifact, StepContext
 from components.compress.config import DistillConfig, Measure, PruneConfig, QuantizeConfig, StudentTraining
 from components.compress.loop import student_loop
 from components.core import prune as P
-from components.core.models import context_length, count_parameters, load_trained
+from components.core.models import context_length, count_parameters, load_trained, weights_bytes
 from components.core.quantize import INTEGER, RECIPE, linear_weight_bytes, load_quantized, quantize, save_quantized, weight_count
 from components.core.speed import generation_speed
 from components.data.instructions import Example, read_examples_jsonl
@@ -45,8 +46,9 @@ def _source(inputs: dict[str, Artifact]) -> tuple[str, Artifact]:
         raise ValueError(f"step {name!r}: its soft prompt ({adapter.parent}) cannot be merged into the weights, and compressing "
                          "the base alone would drop it; compress a LoRA, IA3, selective or fully fine-tuned model")
     recipe = model.path / RECIPE
-    if recipe.exists() and json.loads(recipe.read_text()).get("method") in INTEGER:
-        raise ValueError(f"step {name!r}: its model is already {json.loads(recipe.read_text())['method']}; compress the float model")
+    method = json.loads(recipe.read_text()).get("method") if recipe.exists() else None
+    if method in INTEGER:
+        raise ValueError(f"step {name!r}: its model is already {method}; compress the float model")
     return name, model
 
 
@@ -55,20 +57,30 @@ def _test_split(inputs: dict[str, Artifact]) -> list[Example]:
     return read_examples_jsonl(instructions.path / "test.jsonl")
 
 
+def _on_a_cpu(ctx: StepContext, fn, *args):
+    """fn(*args) in a Ray task holding the step's CPUs (torch limited to them): the step's own task
+    reserves none, and timing or generating beside other steps' training workers would measure,
+    and slow, them all."""
+    threads = max(1, int(ctx.cpus_per_worker))
+
+    def call(*args):
+        torch.set_num_threads(threads)
+        return fn(*args)
+
+    return ray.get(ray.remote(call).options(num_cpus=ctx.cpus_per_worker, num_gpus=0).remote(*args))
+
+
 def _profiles(source_dir: Path, compressed_dir: Path, test: list[Example], measure: Measure, ctx: StepContext,
               exact_match: bool = False) -> dict[str, float]:
     """Size and speed of the source and the compressed model (as loaded from disk), measured side
-    by side in one Ray task that holds the step's CPUs, so no other step's work shares its cores;
-    the source's prefixed `source_`, with the ratios a reader looks for. Quality next to the
-    source's is the evaluate phase's job; `exact_match` adds the compressed model's, for the
-    step's own comparisons (same settings as the variants it is compared with)."""
-    task = ray.remote(_measure_side_by_side).options(num_cpus=ctx.cpus_per_worker, num_gpus=0)
-    return ray.get(task.remote(str(source_dir), str(compressed_dir), test, measure, max(1, int(ctx.cpus_per_worker)), exact_match))
+    by side on one CPU-holding task; the source's prefixed `source_`, with the ratios a reader looks
+    for. Quality next to the source's is the evaluate phase's job; `exact_match` adds the compressed
+    model's, for the step's own comparisons (same settings as the variants it is compared with)."""
+    return _on_a_cpu(ctx, _measure_side_by_side, str(source_dir), str(compressed_dir), test, measure, exact_match)
 
 
-def _measure_side_by_side(source_dir: str, compressed_dir: str, test: list[Example], measure: Measure, threads: int,
+def _measure_side_by_side(source_dir: str, compressed_dir: str, test: list[Example], measure: Measure,
                           exact_match: bool) -> dict[str, float]:
-    torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(compressed_dir)
     models = [load_trained(source_dir), load_trained(compressed_dir)]
     speeds = generation_speed(models, tokenizer, [e.prompt for e in test[: measure.speed_prompts]], measure.new_tokens, measure.repeats)
@@ -76,7 +88,7 @@ def _measure_side_by_side(source_dir: str, compressed_dir: str, test: list[Examp
     for model, directory, speed in zip(models, (source_dir, compressed_dir), speeds):
         profiles.append({
             "params": float(weight_count(model)),
-            "model_bytes": float(sum(p.stat().st_size for p in Path(directory).glob("*.safetensors"))),
+            "model_bytes": float(weights_bytes(directory)),
             "linear_weight_bytes": float(linear_weight_bytes(model)),
             **speed,
         })
@@ -87,17 +99,6 @@ def _measure_side_by_side(source_dir: str, compressed_dir: str, test: list[Examp
 
 def _exact_match(model, tokenizer, test: list[Example], measure: Measure) -> float:
     return exact_match_by_family(model, tokenizer, test[: measure.test_examples], measure.max_new_tokens)["all"]
-
-
-def _exact_match_on_a_cpu(model, tokenizer, test: list[Example], measure: Measure, ctx: StepContext) -> float:
-    """`_exact_match` in a Ray task holding the step's CPUs: the step's own task reserves none, and
-    generating beside other steps' training workers would slow them all."""
-    def score(model, tokenizer, test, measure, threads):
-        torch.set_num_threads(threads)
-        return _exact_match(model, tokenizer, test, measure)
-
-    task = ray.remote(score).options(num_cpus=ctx.cpus_per_worker, num_gpus=0)
-    return ray.get(task.remote(model, tokenizer, test, measure, max(1, int(ctx.cpus_per_worker))))
 
 
 def _side_by_side(source: dict[str, float], compressed: dict[str, float]) -> dict[str, float]:
@@ -156,8 +157,6 @@ def run_quantize(cfg: QuantizeConfig, inputs: dict[str, Artifact], ctx: StepCont
     model = load_trained(source.path)
 
     # 2. Quantize a copy, write it, and measure what a user loads back from disk.
-    import copy
-
     save_quantized(quantize(copy.deepcopy(model), cfg.method, cfg.group_size), ctx.output_dir, cfg.method)
     tokenizer.save_pretrained(ctx.output_dir)
     quantized = load_quantized(ctx.output_dir)
@@ -217,7 +216,7 @@ def run_distill(cfg: DistillConfig, inputs: dict[str, Artifact], ctx: StepContex
         alone = cfg.training.model_copy(update={"alpha": 0.0})
         run_id = tracking.trial_run(ctx.tracking_uri, ctx.run_id, ctx.cache_key, "without-teacher", {"alpha": 0.0})
         baseline = _train(student, tokenizer, source.path, {}, alone, pairs, ctx, part="without-teacher", run_id=run_id)
-        em = _exact_match_on_a_cpu(baseline, tokenizer, test, cfg.measure, ctx)
+        em = _on_a_cpu(ctx, _exact_match, baseline, tokenizer, test, cfg.measure)
         metrics["exact_match_without_teacher"] = em
         tracking.log_metrics(ctx.tracking_uri, run_id, {"exact_match": em})
         tracking.end_run(ctx.tracking_uri, run_id)
@@ -238,15 +237,13 @@ def run_prune(cfg: PruneConfig, inputs: dict[str, Artifact], ctx: StepContext) -
     torch.set_num_threads(max(1, int(ctx.cpus_per_worker)))
 
     # 1. Prune: zero the smallest weights (masks kept for recovery), or drop the weakest MLP channels.
-    import copy
-
     masks = {}
     if cfg.method == "unstructured":
         pruned = copy.deepcopy(model)
         masks = P.prune_unstructured(pruned, cfg.sparsity)
     else:
         pruned = P.prune_mlp_channels(model, 1 - cfg.sparsity)
-    em = _exact_match_on_a_cpu(pruned, tokenizer, test, cfg.measure, ctx)
+    em = _on_a_cpu(ctx, _exact_match, pruned, tokenizer, test, cfg.measure)
 
     # 2. Recover: a short training run against the unpruned model, the zeros held.
     recovered = _train(pruned, tokenizer, source.path, masks, cfg.recovery, _pairs(inputs, tokenizer, context_length(model)), ctx)

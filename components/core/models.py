@@ -72,10 +72,10 @@ def load_trained(model_dir) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
     model_dir = Path(model_dir)
-    recipe = model_dir / "compression.json"
-    if recipe.exists() and json.loads(recipe.read_text())["method"].startswith("int"):  # integer weights: rebuilt, not from_pretrained
-        from components.core.quantize import load_quantized
+    from components.core.quantize import INTEGER, RECIPE, load_quantized
 
+    recipe = model_dir / RECIPE
+    if recipe.exists() and json.loads(recipe.read_text())["method"] in INTEGER:  # integer weights: rebuilt, not from_pretrained
         return load_quantized(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     adapter = model_dir / "adapter" / "adapter_config.json"
@@ -84,3 +84,10 @@ def load_trained(model_dir) -> PreTrainedModel:
 
         model = peft.PeftModel.from_pretrained(model, model_dir / "adapter")
     return model.eval()
+
+
+def weights_bytes(model_dir) -> int:
+    """Bytes of a model directory's weight files (its top-level safetensors; not an adapter beside them)."""
+    from pathlib import Path
+
+    return sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))

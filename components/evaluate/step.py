@@ -18,6 +18,7 @@ from transformers import AutoTokenizer
 from components import tracking
 from components.artifact import Artifact, StepContext
 from components.core import metrics as M
+from components.core.models import weights_bytes
 from components.data.benchmarks import Item, bundled_path, load_benchmark, perturb
 from components.data.corpus import DataError, read_jsonl
 from components.data.instructions import Example, read_examples_jsonl
@@ -89,7 +90,7 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
 
     # 3. Summarise into metrics, write the artifact, log to the step's run.
     scores = summarise(requests, results, cfg)
-    scores["model_bytes"] = float(sum(p.stat().st_size for p in model.path.glob("*.safetensors")))  # weights on disk
+    scores["model_bytes"] = float(weights_bytes(model.path))
     if cfg.lm_eval_tasks:
         from components.data.benchmarks import run_lm_eval
 

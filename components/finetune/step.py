@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from components import tracking, training
 from components.artifact import Artifact, StepContext
-from components.core.models import context_length, load_trained
+from components.core.models import context_length, load_trained, weights_bytes
 from components.core.peft_methods import trainable_parameters
 from components.core.sft import encode_pair
 from components.data.corpus import read_jsonl
@@ -110,8 +110,7 @@ def trainer_for(cfg: FinetuneConfig, loop_config: dict, ctx: StepContext, name: 
 
 def _sizes(directory: Path) -> dict[str, float]:
     """Bytes of the adapter and of the model weights, and their ratio."""
-    model_bytes = sum(p.stat().st_size for p in directory.glob("*.safetensors"))
-    adapter_bytes = sum(p.stat().st_size for p in (directory / "adapter").glob("*.safetensors"))
+    model_bytes, adapter_bytes = weights_bytes(directory), weights_bytes(directory / "adapter")
     sizes = {"model_bytes": float(model_bytes)}
     if adapter_bytes:
         sizes.update(adapter_bytes=float(adapter_bytes), adapter_share=adapter_bytes / model_bytes)
