@@ -36,7 +36,10 @@ class Artifact:
 
     @property
     def path(self) -> Path:
-        return Path(self.uri.removeprefix("file://"))
+        """A local directory with the artifact's files (downloaded once per node from an object store)."""
+        from components.storage import localize
+
+        return localize(self.uri)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -55,7 +58,8 @@ class StepContext:
     tracking_uri / run_id: the step's own MLflow run (already started).
     workers / cpus_per_worker / gpus_per_worker: the Ray resources the step may use.
     storage_path: where Ray Train keeps checkpoints for this step (resume survives a
-        killed driver because the path depends only on the cache key).
+        killed driver because the path depends only on the cache key): a path, or an
+        object-store URI (s3://, gs://) when the run's storage is one (see components.storage).
     progress: call with a dict of metrics to update the live progress table.
     """
 
@@ -63,7 +67,7 @@ class StepContext:
     phase: str
     workdir: Path
     output_dir: Path
-    storage_path: Path
+    storage_path: str
     tracking_uri: str
     run_id: str
     cache_key: str

@@ -23,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from components import storage
 from components.artifact import Artifact
 
 EXPERIMENT = "lifecycle"
@@ -217,7 +218,7 @@ def find_cached(uri: str, cache_key: str) -> Artifact | None:
     )
     for run in runs:
         text = run.data.tags.get(TAG + "artifact")
-        if text and Artifact.from_json(text).path.exists():
+        if text and storage.exists(Artifact.from_json(text).uri):
             return Artifact.from_json(text)
     return None
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import ray
 
-from components import tracking
+from components import storage, tracking
 from components.artifact import Artifact, StepContext
 from workflows.phases import PHASES, load
 from workflows.spec import Resolved
@@ -87,28 +87,36 @@ def execute_step(job: dict[str, Any], board, *upstream: Artifact) -> Artifact:
     )
     board.update.remote(name, {"state": "running", "started": time.time(), "run_id": run_id})
     workdir = Path(job["workdir"])
-    final = workdir / "artifacts" / f"{name}-{key[:16]}"
-    scratch = workdir / "artifacts" / ".partial" / f"{name}-{key[:16]}-{uuid.uuid4().hex[:8]}"
+    root = job["storage"]  # a directory (local or shared) or an object-store URI
+    final = storage.join(root, "artifacts", f"{name}-{key[:16]}")
+    # Written locally; a directory root gets it by rename (same filesystem), an object store by upload.
+    local_root = workdir if storage.is_remote(root) else storage.local_path(root)
+    scratch = local_root / "artifacts" / ".partial" / f"{name}-{key[:16]}-{uuid.uuid4().hex[:8]}"
     scratch.mkdir(parents=True)
     phase = PHASES[job["phase"]]
     ctx = StepContext(
-        step=name, phase=job["phase"], workdir=workdir, output_dir=scratch, storage_path=workdir / "ray_storage",
-        tracking_uri=uri, run_id=run_id, cache_key=key, **job["scale"],
+        step=name, phase=job["phase"], workdir=workdir, output_dir=scratch,
+        storage_path=storage.join(root, "ray_storage"), tracking_uri=uri, run_id=run_id, cache_key=key, **job["scale"],
         progress=lambda metrics: board.update.remote(name, {"metrics": metrics}),
     )
     try:
         cfg = load(phase.config).model_validate(job["config"])
         artifact = load(phase.run)(cfg, inputs, ctx)
         # Only a complete artifact takes the final name; a crash leaves just the scratch dir.
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(scratch, final)
+        has_adapter = (scratch / "adapter").is_dir()
+        if storage.is_remote(final):
+            storage.upload(scratch, final)
+            shutil.rmtree(scratch)
+        else:
+            if Path(final).exists():
+                shutil.rmtree(final)
+            os.replace(scratch, final)
         artifact = dataclasses.replace(artifact, uri=str(final))
         if artifact.kind in ("model", "reward_model"):
             registered = f"{job['workflow']}-{name}"
-            version = tracking.register_model(uri, run_id, registered, final.as_uri())
-            if (final / "adapter").is_dir():  # a PEFT adapter travels with the merged model
-                tracking.register_model(uri, run_id, f"{registered}-adapter", (final / "adapter").as_uri())
+            version = tracking.register_model(uri, run_id, registered, storage.as_uri(final))
+            if has_adapter:  # a PEFT adapter travels with the merged model
+                tracking.register_model(uri, run_id, f"{registered}-adapter", storage.as_uri(storage.join(final, "adapter")))
             artifact = dataclasses.replace(
                 artifact, headline=f"{artifact.headline} (v{version})".strip(),
                 metrics={**artifact.metrics, "registered_model": registered, "registered_version": version},
@@ -151,8 +159,11 @@ def start_ray(address: str | None) -> bool:
 
 
 def run(resolved: Resolved, workdir: Path, address: str | None = None, display=None,
-        keep_ray: bool = False) -> tuple[str, list[StepOutcome]]:
+        keep_ray: bool = False, storage_root: str | None = None) -> tuple[str, list[StepOutcome]]:
     """Execute the workflow; returns the workflow's MLflow run id and one outcome per step.
+
+    storage_root: where artifacts and Ray Train checkpoints go: a directory every node can
+    read (default: the workdir, enough on one machine) or an object-store URI (s3://, gs://).
 
     display: an object with ``update(rows)`` called while steps run (see workflows.progress).
     keep_ray: leave a local Ray this call started running (its Serve endpoint with it); the
@@ -160,6 +171,7 @@ def run(resolved: Resolved, workdir: Path, address: str | None = None, display=N
     """
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    root = storage_root if storage_root and storage.is_remote(storage_root) else str(Path(storage_root or workdir).resolve())
     uri = tracking.tracking_uri_for(workdir)
     keys = cache_keys(resolved)
     parent = tracking.start_workflow_run(uri, workdir, resolved.spec.name, resolved.sha, resolved.document, _git_commit())
@@ -171,7 +183,7 @@ def run(resolved: Resolved, workdir: Path, address: str | None = None, display=N
         job = {
             "step": name, "phase": step.uses, "workflow": resolved.spec.name, "cache_key": keys[name],
             "config": resolved.configs[name].model_dump(mode="json"), "needs": step.needs, "spec_sha": resolved.sha,
-            "parent_run_id": parent, "tracking_uri": uri, "workdir": str(workdir), "scale": resolved.spec.scale.model_dump(),
+            "parent_run_id": parent, "tracking_uri": uri, "workdir": str(workdir), "storage": root, "scale": resolved.spec.scale.model_dump(),
         }
         board.update.remote(name, {"phase": step.uses, "state": "waiting"})
         # A deploy step also waits for every other step: a replica holds CPUs until Ctrl-C, and a

@@ -25,6 +25,7 @@ from components.core.parallel import wrap
 from components.core.prune import apply_masks
 from components.core.sft import pad_batch
 from components.finetune.loop import batch_rows, mean_over_workers, save_and_report, validation_loss
+from components.storage import localize
 
 
 def student_loop(config: dict) -> None:
@@ -34,10 +35,11 @@ def student_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
 
     # 1. The student (every weight trains), the frozen teacher when the soft term is on, the masks when pruned.
-    tokenizer = AutoTokenizer.from_pretrained(config["student_dir"])
-    model = AutoModelForCausalLM.from_pretrained(config["student_dir"])
-    teacher = AutoModelForCausalLM.from_pretrained(config["teacher_dir"]).to(device).eval() if cfg.alpha > 0 else None
-    masks = {k: v.bool() for k, v in load_file(config["masks"]).items()} if config.get("masks") else {}
+    student_dir = localize(config["student_dir"])  # a copy on this node when the run's storage is an object store
+    tokenizer = AutoTokenizer.from_pretrained(student_dir)
+    model = AutoModelForCausalLM.from_pretrained(student_dir)
+    teacher = AutoModelForCausalLM.from_pretrained(localize(config["teacher_dir"])).to(device).eval() if cfg.alpha > 0 else None
+    masks = {k: v.bool() for k, v in load_file(student_dir / "masks.safetensors").items()} if config["masked"] else {}
     par = wrap(model, cfg.strategy, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.warmup_steps, cfg.max_steps, device,
                micro_batch=cfg.micro_batch_size)
 
@@ -94,7 +96,7 @@ def student_loop(config: dict) -> None:
         if last:
             metrics["val_loss"] = validation_loss(par.model, val, cfg.micro_batch_size, rank, world, device, tokenizer.pad_token_id)
             progress["final_metrics"] = metrics
-            save_and_report(metrics, par, progress, rank, cfg.strategy, export=_export(par, config["student_dir"], rank))
+            save_and_report(metrics, par, progress, rank, cfg.strategy, export=_export(par, student_dir, rank))
         elif done % cfg.checkpoint_every == 0:
             save_and_report(metrics, par, progress, rank, cfg.strategy)
         else:

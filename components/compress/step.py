@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
-from components import tracking, training
+from components import storage, tracking, training
 from components.artifact import Artifact, StepContext
 from components.compress.config import DistillConfig, Measure, PruneConfig, QuantizeConfig, StudentTraining
 from components.compress.loop import student_loop
@@ -117,23 +119,27 @@ def _pairs(inputs: dict[str, Artifact], tokenizer, context: int) -> dict[str, li
             for s in ("train", "validation")}
 
 
-def _train(student, tokenizer, teacher_dir: Path, masks: dict[str, torch.Tensor], cfg: StudentTraining, pairs: dict,
+def _train(student, tokenizer, teacher_uri: str, masks: dict[str, torch.Tensor], cfg: StudentTraining, pairs: dict,
            ctx: StepContext, part: str = "", run_id: str | None = None):
     """Train `student` with the student loop on Ray Train (the teacher, masks held); returns the trained model."""
     if cfg.max_steps == 0:
         return student
-    scratch = ctx.storage_path / f"{ctx.step}-{ctx.cache_key[:16]}-{part or 'student'}-init"  # workers read it
-    student.save_pretrained(scratch)
-    tokenizer.save_pretrained(scratch)
+    # The workers (on any node) read the initial student from the run's storage.
+    init = storage.join(ctx.storage_path, f"{ctx.step}-{ctx.cache_key[:16]}-{part or 'student'}-init-{uuid.uuid4().hex[:8]}")
+    local = Path(tempfile.mkdtemp(prefix="student-init-")) if storage.is_remote(init) else Path(init)
+    student.save_pretrained(local)
+    tokenizer.save_pretrained(local)
     if masks:
-        save_file({k: v.to(torch.uint8).contiguous() for k, v in masks.items()}, scratch / "masks.safetensors")
-    loop_config = {"cfg": cfg.model_dump(), "student_dir": str(scratch), "teacher_dir": str(teacher_dir),
-                   "masks": str(scratch / "masks.safetensors") if masks else None,
+        save_file({k: v.to(torch.uint8).contiguous() for k, v in masks.items()}, local / "masks.safetensors")
+    if storage.is_remote(init):
+        storage.upload(local, init)
+        shutil.rmtree(local)
+    loop_config = {"cfg": cfg.model_dump(), "student_dir": init, "teacher_dir": teacher_uri, "masked": bool(masks),
                    "train_pairs": pairs["train"], "val_pairs": pairs["validation"]}
     export = training.fit(student_loop, loop_config, ctx, cfg.max_failures, SHOWN, part=part, run_id=run_id)
     trained = load_trained(export / "model")
     shutil.rmtree(export)
-    shutil.rmtree(scratch, ignore_errors=True)
+    storage.remove(init)
     return trained
 
 
@@ -207,7 +213,7 @@ def run_distill(cfg: DistillConfig, inputs: dict[str, Artifact], ctx: StepContex
                                                          "teacher_params": count_parameters(teacher)})
 
     # 2. Train it on the teacher's softened distribution and the labels; optionally the same student on the labels alone.
-    distilled = _train(student, tokenizer, source.path, {}, cfg.training, pairs, ctx)
+    distilled = _train(student, tokenizer, source.uri, {}, cfg.training, pairs, ctx)
     distilled.save_pretrained(ctx.output_dir)
     tokenizer.save_pretrained(ctx.output_dir)
     plot_curves(ctx, keys=("loss", "kl", "ce"), ylabel="nats per token")
@@ -215,7 +221,7 @@ def run_distill(cfg: DistillConfig, inputs: dict[str, Artifact], ctx: StepContex
     if cfg.baseline:
         alone = cfg.training.model_copy(update={"alpha": 0.0})
         run_id = tracking.trial_run(ctx.tracking_uri, ctx.run_id, ctx.cache_key, "without-teacher", {"alpha": 0.0})
-        baseline = _train(student, tokenizer, source.path, {}, alone, pairs, ctx, part="without-teacher", run_id=run_id)
+        baseline = _train(student, tokenizer, source.uri, {}, alone, pairs, ctx, part="without-teacher", run_id=run_id)
         em = _on_a_cpu(ctx, _exact_match, baseline, tokenizer, test, cfg.measure)
         metrics["exact_match_without_teacher"] = em
         tracking.log_metrics(ctx.tracking_uri, run_id, {"exact_match": em})
@@ -246,7 +252,7 @@ def run_prune(cfg: PruneConfig, inputs: dict[str, Artifact], ctx: StepContext) -
     em = _on_a_cpu(ctx, _exact_match, pruned, tokenizer, test, cfg.measure)
 
     # 2. Recover: a short training run against the unpruned model, the zeros held.
-    recovered = _train(pruned, tokenizer, source.path, masks, cfg.recovery, _pairs(inputs, tokenizer, context_length(model)), ctx)
+    recovered = _train(pruned, tokenizer, source.uri, masks, cfg.recovery, _pairs(inputs, tokenizer, context_length(model)), ctx)
     recovered.save_pretrained(ctx.output_dir)
     tokenizer.save_pretrained(ctx.output_dir)
     if cfg.recovery.max_steps:

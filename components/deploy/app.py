@@ -28,6 +28,7 @@ from components.core.models import context_length
 from components.deploy import api
 from components.deploy.config import DeployConfig
 from components.deploy.generation import Completion, Params, count_tokens, generate, stream
+from components.storage import localize
 
 
 class ApiError(Exception):
@@ -99,8 +100,11 @@ class OpenAIServer:
         torch.set_num_threads(max(1, int(settings["cpus_per_replica"])))
         self.cfg = DeployConfig.model_validate(settings)
         self.name, self.metadata = model["id"], model.get("metadata", {})
-        self.model = AutoModelForCausalLM.from_pretrained(model["path"]).eval()  # safetensors only
-        self.tokenizer = AutoTokenizer.from_pretrained(model["path"])
+        path = localize(model["path"])  # a copy on this node when the run's storage is an object store
+        self.model = AutoModelForCausalLM.from_pretrained(path).eval()  # safetensors only
+        if self.cfg.gpus_per_replica > 0 and torch.cuda.is_available():
+            self.model.to("cuda")
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.context = context_length(self.model)
         self.adapters = adapters
         self.peft = None  # one base model under every adapter, loaded with the first adapter request

@@ -90,7 +90,7 @@ def stream(model, tokenizer, prompt: str, params: Params) -> Iterator[tuple[str,
             return cancel.is_set()
 
     cancel = threading.Event()
-    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
     if params.seed is not None:
         torch.manual_seed(params.seed)

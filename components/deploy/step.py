@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from components import tracking
+from components import storage, tracking
 from components.artifact import Artifact, StepContext
 from components.deploy.config import DeployConfig
 
@@ -21,14 +21,17 @@ from components.deploy.config import DeployConfig
 def run(cfg: DeployConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
     """Serve the model the gate approved; returns an `endpoint` artifact (endpoint.json)."""
     approval = next(a for a in inputs.values() if a.kind == "approval")
-    model_dir = Path(str(approval.metrics["model_uri"]).removeprefix("file://"))
+    model_uri = str(approval.metrics["model_uri"])
+    model_dir = storage.localize(model_uri)
     registered = str(approval.metrics.get("registered_model") or ctx.step)
     version = str(approval.metrics.get("registered_version") or "")
     served = cfg.served_name or registered
     metadata = {"registered_model": registered, "version": version, "run_id": str(approval.metrics.get("model_run_id", "")),
                 "approved_by_run": approval.run_id}
-    url = start(cfg, {"id": served, "path": str(model_dir), "metadata": metadata},
-                adapters_of(model_dir, served, ctx.workdir / "artifacts", metadata))
+    # An adapter names its base model by a local path, which must be one of the artifacts beside
+    # the served model (or, with an object store, one of their downloaded copies).
+    allowed = storage.cache_root() if storage.is_remote(model_uri) else storage.local_path(model_uri).parent
+    url = start(cfg, {"id": served, "path": model_uri, "metadata": metadata}, adapters_of(model_dir, served, allowed, metadata))
     if version:
         tracking.set_model_alias(ctx.tracking_uri, registered, cfg.alias, version)
         tracking.tag_model_version(ctx.tracking_uri, registered, version, {"lifecycle.endpoint": url})

@@ -19,12 +19,15 @@ from __future__ import annotations
 import time
 
 import pandas as pd
+import ray
 import torch
 
 from components.core.metrics import option_logprobs
 from components.core.models import context_length, load_trained
+from components.core.quantize import RECIPE
 from components.core.perplexity import token_nll
 from components.core.sft import greedy_answers
+from components.storage import localize
 
 
 class ModelReplica:
@@ -34,7 +37,10 @@ class ModelReplica:
         from transformers import AutoTokenizer
 
         torch.set_num_threads(threads)  # one CPU per replica: replicas, not threads, give the parallelism
+        model_dir = localize(model_dir)  # a copy on this node when the run's storage is an object store
         self.model, self.tokenizer = load_trained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+        if ray.get_gpu_ids() and not (model_dir / RECIPE).exists():  # a reserved GPU (int8 kernels are CPU-only)
+            self.model.to("cuda")
         self.context = context_length(self.model)
         self.max_new_tokens = max_new_tokens
 

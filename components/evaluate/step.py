@@ -86,7 +86,7 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
                 add(Request("benchmark", item=item, variant=kind), "choice", _perturbed(item.context, kind, cfg.seed), item.options)
 
     # 2. Score them on model replicas: a Ray Data actor pool, one model copy per actor.
-    results = _score(rows, str(model.path), cfg, ctx)
+    results = _score(rows, model.uri, cfg, ctx)
 
     # 3. Summarise into metrics, write the artifact, log to the step's run.
     scores = summarise(requests, results, cfg)

@@ -25,6 +25,7 @@ from components.core.parallel import wrap
 from components.core.peft_methods import apply_method, trainable_parameters
 from components.core.sft import pad_batch
 from components.finetune.config import FinetuneConfig
+from components.storage import localize
 
 Pair = tuple[list[int], list[int]]  # (input_ids, labels with -100 on the prompt)
 
@@ -46,7 +47,8 @@ def train_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
 
     # 1. Base model plus method: only the method's parameters train.
-    model, tokenizer = build_model(config["base_dir"], cfg)
+    base_dir = str(localize(config["base_dir"]))  # a copy on this node when the run's storage is an object store
+    model, tokenizer = build_model(base_dir, cfg)
     trainable, total = trainable_parameters(model)
     par = wrap(model, cfg.strategy, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.warmup_steps, cfg.max_steps, device,
                zero_stage=cfg.zero_stage, micro_batch=cfg.micro_batch_size)
@@ -97,7 +99,7 @@ def train_loop(config: dict) -> None:
             metrics["val_loss"] = validation_loss(par.model, val, cfg.micro_batch_size, rank, world, device, tokenizer.pad_token_id)
         if last:
             progress["final_metrics"] = metrics
-            save_and_report(metrics, par, progress, rank, cfg.strategy, export=_export(par, config["base_dir"], cfg, rank))
+            save_and_report(metrics, par, progress, rank, cfg.strategy, export=_export(par, base_dir, cfg, rank))
         elif done % cfg.checkpoint_every == 0:
             save_and_report(metrics, par, progress, rank, cfg.strategy)
         else:

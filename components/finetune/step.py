@@ -55,7 +55,7 @@ def run(cfg: FinetuneConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     if cfg.replay_fraction > 0:
         replay = tokenize_and_pack(read_jsonl(corpus.path / "train.jsonl"), tokenizer, REPLAY_BLOCK)
     loop_config = {"cfg": cfg.model_dump(), "train_pairs": pairs["train"], "val_pairs": pairs["validation"],
-                   "replay_blocks": replay, "base_dir": str(base.path)}
+                   "replay_blocks": replay, "base_dir": base.uri}
     if cfg.sweep is None:
         export, best = training.fit(train_loop, loop_config, ctx, cfg.max_failures, ("step", "loss", "val_loss", "examples_per_s")), {}
     else:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 import tempfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from components import tracking
+from components import storage, tracking
 from components.artifact import StepContext
 from components.finetune.config import FinetuneConfig
 from components.report import ReportToLineage
@@ -50,7 +50,7 @@ def run_sweep(cfg: FinetuneConfig, loop_config: dict, ctx: StepContext) -> tuple
     """Run (or resume) the sweep; returns a local copy of the best trial's export and its numbers."""
     sweep = cfg.sweep
     name = f"{ctx.step}-sweep-{ctx.cache_key[:16]}"
-    path = ctx.storage_path / name
+    path = storage.join(ctx.storage_path, name)
     space = {
         "r": tune.grid_search(sweep.ranks),
         "alpha_per_rank": tune.grid_search(sweep.alpha_per_rank),
@@ -67,8 +67,8 @@ def run_sweep(cfg: FinetuneConfig, loop_config: dict, ctx: StepContext) -> tuple
         tune.with_parameters(_trial, cfg=cfg, loop_config=loop_config, ctx=dataclasses.replace(ctx), sweep_name=name),
         {"cpu": 0, "memory": 256 * 1024**2},
     )
-    if tune.Tuner.can_restore(str(path)):
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable, param_space=space,
@@ -106,12 +106,16 @@ def run_sweep(cfg: FinetuneConfig, loop_config: dict, ctx: StepContext) -> tuple
         "lr": best["lr"], "val_loss": best["val_loss"],
     }
     _log_results(ctx, rows, best, summary, sweep.scheduler)
+    scheme = urlparse(ctx.storage_path).scheme
+
+    def checkpoint_uri(path: str) -> str:  # Tune reports a path inside the storage's filesystem
+        return f"{scheme}://{path}" if storage.is_remote(ctx.storage_path) else path
+
     local = Path(tempfile.mkdtemp(prefix="sweep-best-"))
-    shutil.copytree(best["checkpoint"], local, dirs_exist_ok=True)
+    storage.download(checkpoint_uri(best["checkpoint"]), local)
     # Every finished trial's adapter travels with the output: the endpoint serves each one.
-    for r in finished:
-        if (Path(r["checkpoint"]) / "adapter").is_dir():
-            shutil.copytree(Path(r["checkpoint"]) / "adapter", local / "trials" / trial_name(r) / "adapter")
+    for r in finished:  # a sweep is over LoRA rank: every trial exported an adapter
+        storage.download(storage.join(checkpoint_uri(r["checkpoint"]), "adapter"), local / "trials" / trial_name(r) / "adapter")
     return local, summary
 
 

@@ -25,6 +25,7 @@ from components.core.models import build_causal_lm
 from components.core.parallel import wrap
 from components.core.perplexity import perplexity
 from components.pretrain.config import PretrainConfig
+from components.storage import localize
 
 
 def train_loop(config: dict) -> None:
@@ -37,7 +38,7 @@ def train_loop(config: dict) -> None:
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_gpu)
 
     # 1. Model, built from config with a fixed seed: every worker starts identical.
-    tokenizer = AutoTokenizer.from_pretrained(config["tokenizer_dir"])
+    tokenizer = AutoTokenizer.from_pretrained(localize(config["tokenizer_dir"]))
     model = build_causal_lm(cfg.model, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.seed)
     if cfg.activation_checkpointing == "on" or (cfg.activation_checkpointing == "auto" and on_gpu):
         model.gradient_checkpointing_enable()

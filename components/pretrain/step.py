@@ -37,7 +37,7 @@ def run(cfg: PretrainConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
             "cfg": cfg.model_dump(),
             "train_blocks": train_blocks,
             "val_blocks": val_blocks,
-            "tokenizer_dir": str(tokenizer_artifact.path),
+            "tokenizer_dir": tokenizer_artifact.uri,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=ctx.workers,

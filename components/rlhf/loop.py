@@ -28,6 +28,7 @@ from components.core.preference import bradley_terry_loss, dpo_loss, per_token_n
 from components.core.sft import pad_batch
 from components.finetune.loop import batch_rows, mean_over_workers, save_and_report
 from components.rlhf.config import DPOConfig, RewardConfig
+from components.storage import localize
 
 Encoded = tuple[list[int], list[int]]  # (input_ids, labels with -100 on the prompt)
 EncodedPair = tuple[Encoded, Encoded]  # (chosen, rejected)
@@ -60,15 +61,16 @@ def pairwise_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
 
     # 1. The model: a reward head on the fine-tuned model, or the DPO policy (+ its frozen reference).
+    base_dir = str(localize(config["base_dir"]))  # a copy on this node when the run's storage is an object store
     def build():
         if objective == "reward":
-            return build_reward_model(config["base_dir"], cfg.seed)
-        return build_policy(config["base_dir"], cfg)
+            return build_reward_model(base_dir, cfg.seed)
+        return build_policy(base_dir, cfg)
 
     model, tokenizer = build()
     reference = None
     if objective == "dpo":
-        reference = None if cfg.method == "lora" else AutoModelForCausalLM.from_pretrained(config["base_dir"]).to(device).eval()
+        reference = None if cfg.method == "lora" else AutoModelForCausalLM.from_pretrained(base_dir).to(device).eval()
     trainable, total = trainable_parameters(model)
     par = wrap(model, cfg.strategy, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.warmup_steps, cfg.max_steps, device,
                zero_stage=cfg.zero_stage, micro_batch=cfg.micro_batch_size)

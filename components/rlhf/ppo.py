@@ -12,7 +12,7 @@ One iteration, top to bottom:
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,38 +20,42 @@ from typing import Callable
 import numpy as np
 import ray
 
+from components import storage
 from components.core.ppo import adaptive_kl_coef, gae, kl_penalized_rewards, masked_mean, pack, whiten
 from components.rlhf.config import PPOConfig
 
 
-def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete `iter-NNNNN` directory under root (a half-written one has a .tmp suffix)."""
-    done = sorted(p for p in root.glob("iter-*") if p.is_dir() and not p.name.endswith(".tmp"))
-    return done[-1] if done else None
+def latest_checkpoint(root: str) -> str | None:
+    """The newest complete `iter-NNNNN` checkpoint under root (a path or object-store URI): its
+    `state` is written last, so one without it was cut short."""
+    def complete(name: str) -> bool:
+        state = storage.join(root, name, "state")
+        return storage.exists(state) if storage.is_remote(state) else (Path(state) / "state.json").exists()
+
+    done = [name for name in storage.listdir(root) if name.startswith("iter-") and complete(name)]
+    return storage.join(root, done[-1]) if done else None
 
 
-def save_checkpoint(root: Path, roles: dict, state: dict) -> None:
-    """Policy and value state plus the loop's own (iteration, kl_coef, history); renamed into place when complete."""
-    final = root / f"iter-{state['iteration']:05d}"
-    scratch = final.with_name(final.name + ".tmp")
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    ray.get([roles["policy"].save.remote(str(scratch / "policy")), roles["value"].save.remote(str(scratch / "value"))])
-    (scratch / "state.json").write_text(json.dumps(state))
-    scratch.rename(final)
-    for old in sorted(root.glob("iter-*"))[:-2]:  # keep the last two
-        if not old.name.endswith(".tmp"):
-            shutil.rmtree(old, ignore_errors=True)
+def save_checkpoint(root: str, roles: dict, state: dict) -> None:
+    """Policy and value state (written by their actors, on any node) plus the loop's own state
+    (iteration, kl_coef, history), the latter last; keeps the two newest."""
+    final = storage.join(root, f"iter-{state['iteration']:05d}")
+    ray.get([roles["policy"].save.remote(storage.join(final, "policy")), roles["value"].save.remote(storage.join(final, "value"))])
+    with storage.writing(storage.join(final, "state")) as directory:
+        (directory / "state.json.tmp").write_text(json.dumps(state))
+        os.replace(directory / "state.json.tmp", directory / "state.json")
+    for old in [name for name in storage.listdir(root) if name.startswith("iter-")][:-2]:
+        storage.remove(storage.join(root, old))
 
 
-def train(cfg: PPOConfig, roles: dict, prompts: list[list[int]], pad_id: int, checkpoints: Path,
+def train(cfg: PPOConfig, roles: dict, prompts: list[list[int]], pad_id: int, checkpoints: str,
           report: Callable[[dict, int], None]) -> dict:
     """Run (or resume) PPO to cfg.iterations; returns the final state {iteration, kl_coef, history}."""
     state = {"iteration": 0, "kl_coef": cfg.kl_coef, "history": []}
     resume = latest_checkpoint(checkpoints)
     if resume is not None:
-        state = json.loads((resume / "state.json").read_text())
-        ray.get([roles["policy"].load.remote(str(resume / "policy")), roles["value"].load.remote(str(resume / "value"))])
+        state = json.loads((storage.localize(storage.join(resume, "state")) / "state.json").read_text())
+        ray.get([roles["policy"].load.remote(storage.join(resume, "policy")), roles["value"].load.remote(storage.join(resume, "value"))])
     policy, reference, reward, value = roles["policy"], roles["reference"], roles["reward"], roles["value"]
 
     for iteration in range(state["iteration"], cfg.iterations):

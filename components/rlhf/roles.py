@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
+from components import storage
 from components.core.peft_methods import LoraSettings, PromptTuningSettings, SelectiveSettings, apply_method
 from components.core.ppo import at_response, entropy, masked_mean, pack, policy_loss, token_logprobs, value_loss
 
@@ -86,6 +87,7 @@ class Policy:
     """The fine-tuned LM plus a LoRA adapter: generate, score its own tokens, take PPO steps."""
 
     def __init__(self, model_dir: str, lora: dict, lr: float, grad_clip: float, seed: int, threads: int = 1):
+        model_dir = str(storage.localize(model_dir))  # a copy on this node when the run's storage is an object store
         torch.set_num_threads(threads)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         torch.manual_seed(seed)
@@ -124,25 +126,27 @@ class Policy:
             steps += 1
         return {k: v / steps for k, v in sums.items()}
 
-    def save(self, directory: str) -> None:
-        _save_trainable(self.model, self.optimizer, Path(directory))
+    def save(self, uri: str) -> None:
+        with storage.writing(uri) as directory:  # on this actor's node; uploaded when storage is an object store
+            _save_trainable(self.model, self.optimizer, directory)
 
-    def load(self, directory: str) -> None:
-        _load_trainable(self.model, self.optimizer, Path(directory))
+    def load(self, uri: str) -> None:
+        _load_trainable(self.model, self.optimizer, storage.localize(uri))
 
-    def export(self, directory: str) -> None:
+    def export(self, uri: str) -> None:
         """`adapter/` (the LoRA weights) and the merged model with its tokenizer, in Hugging Face format."""
-        directory = Path(directory)
-        self.model.save_pretrained(directory / "adapter")
-        merged = self.model.merge_and_unload()
-        merged.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
+        with storage.writing(uri) as directory:
+            self.model.save_pretrained(directory / "adapter")
+            merged = self.model.merge_and_unload()
+            merged.save_pretrained(directory)
+            self.tokenizer.save_pretrained(directory)
 
 
 class Reference:
     """The frozen fine-tuned LM: log-probabilities for the KL penalty, and the before-PPO answers."""
 
     def __init__(self, model_dir: str, threads: int = 1):
+        model_dir = str(storage.localize(model_dir))  # a copy on this node when the run's storage is an object store
         torch.set_num_threads(threads)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval().requires_grad_(False)
@@ -163,6 +167,7 @@ class Reward:
     """The reward model: one score per (prompt, response), read at the response's last token."""
 
     def __init__(self, model_dir: str, threads: int = 1):
+        model_dir = str(storage.localize(model_dir))  # a copy on this node when the run's storage is an object store
         torch.set_num_threads(threads)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval().requires_grad_(False)
@@ -178,6 +183,7 @@ class Value:
     """The critic: V(prompt, response so far) for every response position."""
 
     def __init__(self, reward_dir: str, lr: float, grad_clip: float, threads: int = 1):
+        reward_dir = str(storage.localize(reward_dir))  # a copy on this node when the run's storage is an object store
         torch.set_num_threads(threads)
         self.tokenizer = AutoTokenizer.from_pretrained(reward_dir)
         self.model = AutoModelForTokenClassification.from_pretrained(reward_dir, num_labels=1).eval()
@@ -213,8 +219,9 @@ class Value:
             steps += 1
         return {"value_loss": total / steps}
 
-    def save(self, directory: str) -> None:
-        _save_trainable(self.model, self.optimizer, Path(directory))
+    def save(self, uri: str) -> None:
+        with storage.writing(uri) as directory:  # on this actor's node; uploaded when storage is an object store
+            _save_trainable(self.model, self.optimizer, directory)
 
-    def load(self, directory: str) -> None:
-        _load_trainable(self.model, self.optimizer, Path(directory))
+    def load(self, uri: str) -> None:
+        _load_trainable(self.model, self.optimizer, storage.localize(uri))

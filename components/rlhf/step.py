@@ -12,7 +12,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from components import tracking, training
+from components import storage, tracking, training
 from components.artifact import Artifact, StepContext
 from components.core.metrics import exact_match
 from components.core.models import context_length
@@ -115,7 +115,7 @@ def run_reward(cfg: RewardConfig, inputs: dict[str, Artifact], ctx: StepContext)
     before = _by_kind(list(chosen > rejected), test, "test_accuracy_before")
     del untrained
 
-    loop_config = {"objective": "reward", "cfg": cfg.model_dump(), "base_dir": str(base.path),
+    loop_config = {"objective": "reward", "cfg": cfg.model_dump(), "base_dir": base.uri,
                    "train_pairs": encoded["train"], "test_pairs": encoded["test"][: cfg.test_pairs]}
     _copy_export(training.fit(pairwise_loop, loop_config, ctx, cfg.max_failures, ("step", "loss", "accuracy", "test_accuracy")), ctx.output_dir)
 
@@ -151,7 +151,7 @@ def run_dpo(cfg: DPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Ar
     before, ref_chosen, ref_rejected = judge(reference, "before")
     del reference
 
-    loop_config = {"objective": "dpo", "cfg": cfg.model_dump(), "base_dir": str(base.path),
+    loop_config = {"objective": "dpo", "cfg": cfg.model_dump(), "base_dir": base.uri,
                    "train_pairs": encoded["train"], "test_pairs": encoded["test"][: cfg.test_pairs]}
     _copy_export(training.fit(pairwise_loop, loop_config, ctx, cfg.max_failures, ("step", "loss", "accuracy", "test_accuracy")), ctx.output_dir)
 
@@ -222,7 +222,7 @@ def run_ppo(cfg: PPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Ar
     while not pg.wait(timeout_seconds=30):  # other steps hold the resources: wait for them, as Ray Train does
         waited += 30
         ctx.progress({"waiting for resources": f"{waited}s"})
-    checkpoints = ctx.storage_path / f"{ctx.step}-{ctx.cache_key[:16]}"  # depends only on the cache key: a re-run resumes
+    checkpoints = storage.join(ctx.storage_path, f"{ctx.step}-{ctx.cache_key[:16]}")  # depends only on the cache key: a re-run resumes
 
     def report(metrics: dict, iteration: int) -> None:
         tracking.log_metrics(ctx.tracking_uri, ctx.run_id, metrics, step=iteration)
@@ -230,7 +230,7 @@ def run_ppo(cfg: PPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Ar
 
     try:
         for attempt in range(cfg.max_failures + 1):
-            roles = _start_roles(cfg, str(base.path), str(reward_model.path), pg)
+            roles = _start_roles(cfg, base.uri, reward_model.uri, pg)
             try:
                 fingerprint = ray.get(roles["reference"].fingerprint.remote())
                 before = _judge(roles, "reference", test_prompts, examples, tokenizer, cfg.eval_max_new_tokens)
@@ -250,7 +250,11 @@ def run_ppo(cfg: PPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Ar
                                      roles["reference"].logprobs.remote(test_prompts, sampled, cfg.temperature)])
         test_kl = float(((policy_lp - ref_lp) * pack(test_prompts, sampled, tokenizer.pad_token_id)["mask"]).sum(1).mean())
         unchanged = ray.get(roles["reference"].fingerprint.remote()) == fingerprint
-        ray.get(roles["policy"].export.remote(str(ctx.output_dir)))
+        # The policy's actor may be on another node: it writes into the run's storage, read back here.
+        export = storage.join(ctx.storage_path, f"{ctx.step}-{ctx.cache_key[:16]}-export")
+        ray.get(roles["policy"].export.remote(export))
+        storage.download(export, ctx.output_dir)
+        storage.remove(export)
     finally:
         remove_placement_group(pg)
 
