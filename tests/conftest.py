@@ -61,12 +61,10 @@ def ray_address(tmp_path_factory):
     yield address
     ray.shutdown()
     # gcs_server, raylet and the agents start their own sessions: collect them first.
+    # The session is over: no 30 s drain.
     family = psutil.Process(head.pid).children(recursive=True)
-    head.terminate()
-    try:
-        head.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        head.kill()
+    os.killpg(head.pid, signal.SIGKILL)
+    head.wait(timeout=60)
     for proc in family:
         if proc.is_running():
             proc.kill()
@@ -88,6 +86,32 @@ def delete_serve_app(name: str) -> None:
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """URL of a real `mlflow server` process (SQLite backend, proxied artifact store), as on a cluster."""
+    import requests
+
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            if requests.get(f"{url}/health", timeout=2).ok:
+                break
+        except requests.ConnectionError:
+            pass
+        assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
+        time.sleep(1)
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
 
 
 def lifecycle(*args: str, **kwargs) -> subprocess.CompletedProcess:

@@ -1,4 +1,4 @@
-"""The `lifecycle` command: run, serve, validate, plan, lineage, report, status.
+"""The `lifecycle` command: run, submit, jobs, serve, validate, plan, lineage, report, status.
 
 Exit codes: 0 success, 1 a step failed, 2 bad input (nothing started, nothing written).
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from workflows import submit
 from workflows.plan import add_plan_parser, run_plan
 from workflows.spec import SpecError, load_spec
 
@@ -30,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--workdir", default=DEFAULT_WORKDIR, help="everything the run writes goes here (default ./.lifecycle)")
     run.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to use (default: RAY_ADDRESS, else start a local Ray)")
     run.add_argument("--no-wait", action="store_true", help="exit when the workflow ends, even if it deployed an endpoint on a local Ray")
+    run.add_argument("--storage", default=os.environ.get("LIFECYCLE_STORAGE"),
+                     help="artifacts and Ray Train checkpoints: a folder every node reads, or s3:// / gs:// (default: LIFECYCLE_STORAGE, else --workdir)")
+
+    submit.add_parsers(sub)
 
     serve = sub.add_parser("serve", help="deploy a registered model on Ray Serve: an OpenAI-compatible API at http://HOST:PORT/v1")
     serve.add_argument("model", help="models:/NAME/VERSION, models:/NAME@ALIAS, or NAME (its latest version)")
@@ -70,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "run":
             return _run(args, console)
+        if args.command == "submit":
+            return submit.submit(args, console)
+        if args.command == "jobs":
+            return submit.jobs(args, console)
         if args.command == "serve":
             return _serve(args, console)
         if args.command == "lineage":
@@ -93,7 +102,8 @@ def _run(args, console: Console) -> int:
     hold = not args.no_wait and not args.address and any(
         s.uses == "deploy" and resolved.configs[n].wait for n, s in resolved.spec.steps.items())
     with Display(console) as display:
-        run_id, outcomes = engine.run(resolved, Path(args.workdir), args.address, display, keep_ray=hold)
+        run_id, outcomes = engine.run(resolved, Path(args.workdir), args.address, display, keep_ray=hold,
+                                      storage_root=args.storage)
     console.print(summary_table(outcomes, run_id))
     for o in outcomes:  # a step's report.md (a sweep's results table) is worth reading here
         report = o.artifact.path / "report.md" if o.artifact else None
@@ -120,37 +130,24 @@ def _run(args, console: Console) -> int:
 
 
 def _serve(args, console: Console) -> int:
-    from pydantic import ValidationError
-
-    from components import tracking
-    from components.deploy.config import DeployConfig
+    from components.deploy import registry
     from workflows.spec import apply_override
 
     settings: dict = {}
     for item in args.overrides:
         apply_override(settings, item, "lifecycle serve")
+    # The same resolution as a RayService's `components.deploy.registry:app` (before Ray starts).
     try:
-        cfg = DeployConfig.model_validate(settings)
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise SpecError(f"lifecycle serve: field '{'.'.join(map(str, first['loc']))}': {first['msg']}") from None
-    uri = _tracking_uri(args.workdir)
-    try:
-        found = tracking.resolve_model(uri, args.model)
-    except Exception as e:  # unknown name, version or alias
-        raise SpecError(f"{args.model}: not a registered model in {args.workdir}: {str(e).splitlines()[0]}") from None
-    model_dir = Path(found["source"].removeprefix("file://"))
-    if not (model_dir / "config.json").exists():
-        raise SpecError(f"{args.model}: its files are gone ({model_dir})")
-    from components.deploy.step import adapters_of, start
+        cfg, model, adapters = registry.prepare(args.model, settings, Path(args.workdir))
+    except ValueError as e:
+        raise SpecError(str(e)) from None
+    from components.deploy.step import start
     from workflows.engine import start_ray
 
     started = start_ray(args.address)
-    served = cfg.served_name or found["name"]
-    metadata = {"registered_model": found["name"], "version": found["version"], "run_id": found["run_id"]}
-    url = start(cfg, {"id": served, "path": str(model_dir), "metadata": metadata},
-                adapters_of(model_dir, served, Path(args.workdir) / "artifacts", metadata))
-    console.print(f"serving {served} (models:/{found['name']}/{found['version']}) at {url}")
+    url = start(cfg, model, adapters)
+    meta = model["metadata"]
+    console.print(f"serving {model['id']} (models:/{meta['registered_model']}/{meta['version']}) at {url}")
     if started and not args.no_wait:
         _hold(console, url)
     if started:

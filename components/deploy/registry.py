@@ -1,0 +1,108 @@
+"""Serve a registered model: from a Model Registry reference to a Ray Serve application.
+
+Two callers share this module, so a model is served the same way whichever started it:
+
+- ``lifecycle serve MODEL [KEY=VALUE ...]`` (workflows/cli.py) calls :func:`prepare`, then
+  deploys with ``components.deploy.step.start``;
+- a KubeRay ``RayService`` (cluster/kuberay/rayservice.yaml) names :func:`app` as its import
+  path, ``components.deploy.registry:app``, with ``args`` such as
+  ``{"model": "models:/gpt2-124m-finetune@production", "max_batch_size": 16}``.
+
+Bad input raises ``ValueError`` with a one-line message naming the field (the CLI turns it
+into its exit-2 error); this module never imports from ``workflows``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from components import storage, tracking
+from components.deploy.config import DeployConfig
+
+
+def deploy_config(settings: dict[str, Any], who: str = "lifecycle serve") -> DeployConfig:
+    """Validate deploy settings (the fields of DeployConfig); the error names the first bad field."""
+    from pydantic import ValidationError
+
+    try:
+        return DeployConfig.model_validate(settings)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(map(str, first["loc"]))
+        raise ValueError(f"{who}: field '{field}': {first['msg']}" if field else f"{who}: {first['msg']}") from None
+
+
+def prepare(ref: str, settings: dict[str, Any], workdir: Path,
+            who: str = "lifecycle serve") -> tuple[DeployConfig, dict[str, Any], dict[str, dict[str, Any]]]:
+    """(config, model, adapters) for serving the registered model `ref`.
+
+    ref: ``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` or ``NAME`` (its latest version).
+    settings: DeployConfig fields, e.g. ``{"port": 8001}``.
+    workdir: the lifecycle working folder; its ``mlflow.db`` is the registry unless
+        ``MLFLOW_TRACKING_URI`` names a tracking server.
+    model: ``{id, path, metadata}``, ``path`` the model's folder, or its object-store URI
+        (checked here: it holds a complete model); adapters as from ``adapters_of``.
+    """
+    cfg = deploy_config(settings, who)
+    workdir = Path(workdir)
+    # Without a server, a missing mlflow.db means "no runs here": say so rather than let
+    # MLflow create an empty database and answer "no such model".
+    if not os.environ.get("MLFLOW_TRACKING_URI") and not (workdir / "mlflow.db").exists():
+        raise ValueError(f"{workdir}: no lifecycle runs here (no mlflow.db); pass --workdir or set MLFLOW_TRACKING_URI")
+    uri = tracking.tracking_uri_for(workdir)
+    where = _without_credentials(os.environ["MLFLOW_TRACKING_URI"]) if os.environ.get("MLFLOW_TRACKING_URI") else str(workdir)
+    try:
+        found = tracking.resolve_model(uri, ref)
+    except Exception as e:  # unknown name, version or alias; an unreachable server
+        raise ValueError(f"{ref}: not a registered model in {where}: {str(e).splitlines()[0]}") from None
+    source = found["source"]
+    try:
+        model_dir = storage.localize(source)  # the path itself when local
+    except FileNotFoundError:  # an object-store folder without its completion marker
+        raise ValueError(f"{ref}: its files are gone ({source})") from None
+    except OSError as e:  # credentials, network
+        raise ValueError(f"{ref}: cannot fetch its files from {source}: {str(e).splitlines()[0]}") from None
+    if not (model_dir / "config.json").exists():
+        raise ValueError(f"{ref}: its files are gone ({model_dir})")
+
+    from components.deploy.step import adapters_of
+
+    served = cfg.served_name or found["name"]
+    metadata = {"registered_model": found["name"], "version": found["version"], "run_id": found["run_id"]}
+    # A replica may start on another node: an object-store model travels as its URI and each
+    # replica fetches its own copy; a local one as its path (a folder every node sees).
+    model = {"id": served, "path": source if storage.is_remote(source) else str(model_dir), "metadata": metadata}
+    # An adapter names its base model by a local path, which must be one of the artifacts beside
+    # the served model (or, with an object store, one of their downloaded copies), never any path.
+    allowed = storage.cache_root() if storage.is_remote(source) else model_dir.parent
+    return cfg, model, adapters_of(model_dir, served, allowed, metadata)
+
+
+def app(args: dict[str, Any]):
+    """Ray Serve application builder: ``import_path: components.deploy.registry:app``.
+
+    args: ``{"model": REF, **DeployConfig fields}``. The registry is ``MLFLOW_TRACKING_URI``
+    (else ``$LIFECYCLE_WORKDIR/mlflow.db``, default ``.lifecycle``). Host and port are Serve's
+    own (``http_options`` of the Serve config), so those two fields are ignored here.
+    """
+    settings = dict(args or {})
+    ref = settings.pop("model", None)
+    if not isinstance(ref, str) or not ref:
+        raise ValueError("serve args: field 'model': required, e.g. models:/NAME@production")
+    cfg, model, adapters = prepare(ref, settings, Path(os.environ.get("LIFECYCLE_WORKDIR", ".lifecycle")), who="serve args")
+
+    from components.deploy.app import build
+
+    return build(cfg, model, adapters)
+
+
+def _without_credentials(uri: str) -> str:
+    """`uri` with any user:password@ removed, fit for an error message."""
+    parts = urlsplit(uri)
+    if not parts.username and not parts.password:
+        return uri
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
