@@ -9,6 +9,7 @@ import pytest
 
 from components.core import memory
 from components.core.memory import GB
+from tests.conftest import ROOT
 from workflows.plan import add_plan_parser, parse_param_count, run_plan
 
 # --- the source document's figures -----------------------------------------------------------
@@ -310,3 +311,109 @@ def test_plan_argparse_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as exc:
         _run([])  # neither --params nor --model
     assert exc.value.code == 2
+
+
+# --- plan --spec: every training step of a workflow at its scale ---------------------------------
+
+GPT2 = str(ROOT / "workflows" / "gpt2-124m.yaml")
+GPT2_MULTINODE = str(ROOT / "workflows" / "gpt2-124m-multinode.yaml")
+TINY = str(ROOT / "workflows" / "tiny.yaml")
+GPT2_PARAMS = 124_439_808  # GPT-2 small at vocab 50257, context 1024, tied embeddings
+
+
+def _gpt2_fsdp_bf16_bytes(devices: int) -> int:
+    """Hand count of one pretrain worker of gpt2-124m: FSDP full shard, bf16, micro-batch 16 x 1024."""
+    p = GPT2_PARAMS
+    states = 2 * -(-2 * p // devices) + -(-12 * p // devices)  # 16-bit weights + grads, fp32 Adam (ZeRO paper), sharded
+    gathered = (2 + 2) * 50257 * 768  # the largest unit gathered whole: the token embedding's weights and grads
+    activations = 12 * 34 * 1024 * 16 * 768  # Korthikanti: layers x 34 s b h bytes at 16-bit
+    return states + gathered + activations
+
+
+def test_plan_spec_gpt2_fits_eight_80gb_gpus_with_fsdp(capsys):
+    assert _run(["--spec", GPT2, "--gpus", "8", "--gpu-memory", "80", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["fits"] and plan["problems"] == [] and plan["on_gpu"]
+    pre = next(s for s in plan["steps"] if s["step"] == "pretrain")
+    assert (pre["strategy"], pre["precision"], pre["devices"], pre["micro_batch"], pre["seq"]) == ("fsdp", "bf16", 8, 16, 1024)
+    assert pre["n_params"] == GPT2_PARAMS and pre["fits"] is True
+    assert pre["per_gpu_bytes"] == pre["per_device_bytes"]["total"] == _gpt2_fsdp_bf16_bytes(8) == 5_537_097_216
+    assert pre["recommendation"]["strategy"] == "ddp"  # 124M fits a replica: the estimator says sharding is optional
+    # The later steps train the pretrain step's model, found through needs.
+    assert {s["step"]: s["model_from"] for s in plan["steps"]} == {"pretrain": "pretrain", "finetune": "pretrain"}
+    assert _run(["--spec", GPT2, "--gpus", "8"]) == 0
+    out = capsys.readouterr().out
+    for needle in ("gpt2-124m", "8 workers x 1 GPU", "pretrain", "FSDP", "bf16", "16 x 1024", "5.54", "yes", "Fits"):
+        assert needle in out, needle
+
+
+def test_plan_spec_multinode_shards_over_sixteen(capsys):
+    assert _run(["--spec", GPT2_MULTINODE, "--gpus", "16", "--json"]) == 0
+    pre = json.loads(capsys.readouterr().out)["steps"][0]
+    assert pre["devices"] == 16 and pre["per_gpu_bytes"] == _gpt2_fsdp_bf16_bytes(16) == 5_412_657_408
+
+
+def test_plan_spec_says_which_step_does_not_fit(capsys):
+    assert _run(["--spec", GPT2, "--gpus", "8", "--gpu-memory", "4"]) == 1
+    out = capsys.readouterr().out
+    assert "step 'pretrain' (pretrain, FSDP) needs 5.54 GB per GPU > 4 GB" in out
+    assert "cut batch/seq or checkpoint activations" in out  # the recommender's advice
+    assert _run(["--spec", GPT2, "--gpu-memory", "4", "--json"]) == 1
+    plan = json.loads(capsys.readouterr().out)
+    assert not plan["fits"] and [s["fits"] for s in plan["steps"]] == [False, False]
+    # Halving the micro-batch through an override makes the pretrain step fit 4 GB; the recommender offers DDP.
+    assert _run(["--spec", GPT2, "pretrain.micro_batch_size=4", "finetune.micro_batch_size=2", "--gpu-memory", "4"]) == 0
+    assert "Fits" in capsys.readouterr().out
+
+
+def test_plan_spec_refuses_a_cluster_with_too_few_gpus(capsys):
+    assert _run(["--spec", GPT2, "--gpus", "4"]) == 1
+    out = capsys.readouterr().out
+    assert "too few GPUs: the cluster has 4, step 'pretrain' needs 8" in out
+    assert _run(["--spec", GPT2, "scale.workers=4", "--gpus", "4"]) == 0  # the spec's scale, overridden
+    capsys.readouterr()
+
+
+def test_plan_spec_reads_the_cluster_from_address(monkeypatch, capsys):
+    import workflows.plan as plan_module
+
+    asked = []
+    monkeypatch.setattr(plan_module, "cluster_resources", lambda address: asked.append(address) or {"gpus": 8.0, "cpus": 32.0})
+    assert _run(["--spec", GPT2, "--address", "http://head:8265", "--json"]) == 1
+    plan = json.loads(capsys.readouterr().out)
+    assert asked == ["http://head:8265"] and plan["cluster"]["gpus"] == 8.0
+    assert plan["problems"] == ["too few CPUs: the cluster has 32, step 'pretrain' needs 64 "
+                                "(scale.workers 8 x scale.cpus_per_worker 8)"]
+
+
+def test_plan_spec_on_cpu_workers(capsys):
+    assert _run(["--spec", TINY]) == 0
+    out = capsys.readouterr().out
+    assert "2 CPU workers" in out and "runs on CPU workers" in out and "GB per worker" in out
+    assert _run(["--spec", TINY, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert not plan["on_gpu"] and plan["fits"]
+    by_step = {s["step"]: s for s in plan["steps"]}
+    assert set(by_step) == {"pretrain", "finetune", "reward", "dpo", "distill", "prune", "ppo"}
+    assert by_step["pretrain"]["precision"] == "fp32" and by_step["pretrain"]["fits"] is None  # precision auto on CPU
+    assert by_step["reward"]["micro_batch"] == 32  # pairs: chosen and rejected both kept for backward
+    assert by_step["distill"]["per_device_bytes"]["frozen_models"] == 4 * by_step["distill"]["n_params"]  # the teacher
+    assert by_step["ppo"]["planned"] is False
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--spec", TINY, "pretrain.model.n_layer=lots"], "tiny.yaml:17: step 'pretrain', field 'model.n_layer'"),
+    (["--spec", TINY, "pretrain.lr"], "tiny.yaml: override 'pretrain.lr'"),
+    (["--spec", "/nonexistent/spec.yaml"], "/nonexistent/spec.yaml: cannot read the spec"),
+    (["--spec", TINY, "--strategy", "ddp"], "--strategy does not go with --spec"),
+    (["--spec", TINY, "--gpus", "-1"], "--gpus must be >= 0"),
+    (["--spec", TINY, "--gpus", "8", "--address", "auto"], "not both"),
+    (["--spec", TINY, "--address", "local"], "would start a Ray here"),
+    (["--params", "1B", "--gpus", "8"], "--gpus: only with --spec"),
+    (["--params", "1B", "scale.workers=2"], "overrides: only with --spec"),
+])
+def test_plan_spec_bad_input_exits_2(argv, needle, capsys):
+    assert _run(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert needle in captured.err
