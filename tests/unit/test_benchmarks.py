@@ -226,3 +226,67 @@ def test_perturb_kinds():
     assert perturb("", "typo", seed=0) == "" and perturb("aa", "typo", seed=0) == "aa"  # nothing to swap
     with pytest.raises(ValueError, match="unknown perturbation"):
         perturb(TEXT, "reverse", seed=0)
+
+
+# --- the performance benchmarks' bookkeeping (benchmarks/*.py; the measurements themselves are not tests) ---
+
+
+def _bench(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_report_refresh_replaces_between_markers_and_keeps_the_rest():
+    report = _bench("report")
+    doc = ("# Benchmarks\n\nhand-written intro\n\n<!-- bench:serve_bench -->\nold table\n<!-- /bench:serve_bench -->\n\n"
+           "- a note that stays\n\n<!-- bench:gone -->\nkept: no result\n<!-- /bench:gone -->\n")
+    out = report.refresh(doc, {"serve_bench": "| a |\n|---|\n| 1 |", "train_bench": "`cmd` (machine)\n\n| b |"}, "2026-01-01")
+    assert "old table" not in out and "<!-- bench:serve_bench -->\n| a |\n|---|\n| 1 |\n<!-- /bench:serve_bench -->" in out
+    assert "hand-written intro" in out and "- a note that stays" in out and "kept: no result" in out
+    assert out.endswith("## train_bench (2026-01-01)\n\n<!-- bench:train_bench -->\n`cmd` (machine)\n\n| b |\n<!-- /bench:train_bench -->\n")
+    assert report.refresh(out, {"train_bench": "`cmd` (machine)\n\n| b |"}, "x") == out  # idempotent: no second section
+
+
+def test_report_cleans_raw_output_and_formats_tables():
+    report = _bench("report")
+    raw = "INFO starting\n| m | v |\n|---|---|\n| x | 1 |\nINFO shutdown\n"
+    assert report.clean(raw) == "| m | v |\n|---|---|\n| x | 1 |"
+    assert report.clean("`cmd` (m)\n\n| t |\n") == "`cmd` (m)\n\n| t |"
+    assert report.table(["a", "b"], [[1, "x"]], "lr") == "| a | b |\n|---|---:|\n| 1 | x |"
+
+
+def test_workflow_bench_union_and_training_loop_seconds():
+    from types import SimpleNamespace as NS
+
+    wb = _bench("workflow_bench")
+    assert wb.union([(0, 10), (5, 12), (20, 25)]) == 17
+    assert wb.union([]) == 0
+    history = {"tokens_per_s": [NS(step=20, value=4096.0), NS(step=10, value=2048.0)],
+               "generation_s": [NS(step=1, value=1.5), NS(step=2, value=0.5)]}
+    client = NS(get_metric_history=lambda run_id, key: history[key])
+    run = NS(info=NS(run_id="r"), data=NS(params={"micro_batch_size": "16", "grad_accum": "1", "model.n_positions": "128"},
+                                          metrics={"tokens_per_s": 1.0, "generation_s": 1.0}))
+    # 10 steps of 16 x 128 tokens x 2 workers at 2048 tok/s, then 10 more at 4096 tok/s; plus PPO's 2 s.
+    assert wb.loop_seconds(client, run, workers=2) == 20 + 10 + 2
+
+
+def test_train_bench_windows_and_breakdown():
+    tb = _bench("train_bench")
+    per_step = 4096
+    ev = {"start": 0.0, "fit_start": 1.0, "loop_start": 11.0, "loop_end": 40.0, "fit_end": 42.0, "end": 43.0,
+          "reports": [{"entered": 20.0, "returned": 20.1, "metrics": {"step": 10, "tokens_per_s": per_step * 10 / 5.0}},
+                      {"entered": 25.0, "returned": 25.1, "metrics": {"step": 20, "tokens_per_s": per_step * 10 / 4.0}},
+                      {"entered": 35.0, "returned": 36.0, "metrics": {"step": 30, "tokens_per_s": per_step * 10 / 4.0}}],
+          "calls": {"perplexity": [3.0, 2.0], "_report": [1.5], "_finish": [4.0], "_validation_loss": [0.5], "_batch": [0.01] * 30}}
+    b = tb.breakdown(ev, per_step)
+    assert [round(w["seconds"], 6) for w in b["windows"]] == [5.0, 4.0, 4.0]
+    assert b["ray_train_start_s"] == 10 and b["loop_setup_s"] == 4.0 and b["initial_perplexity_s"] == 3.0
+    assert round(b["training_s"], 6) == 13 and round(b["end_of_loop_s"], 6) == 40 - 15 - 13
+    assert b["ray_train_stop_s"] == 2 and b["after_s"] == 1 and b["wall_s"] == 43 and b["export_s"] == 4.0
+    assert round(tb.steady(b["windows"], per_step), 6) == per_step * 20 / 8  # the first window (warm-up) left out
