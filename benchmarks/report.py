@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -70,7 +71,9 @@ def command_line() -> str:
 
 
 def write_result(name: str, data: dict, table: str, notes: str = "", results: Path = RESULTS) -> Path:
-    """benchmarks/results/NAME.json (data plus the machine) and NAME.md (command, machine, table, notes)."""
+    """Print the table and notes; write benchmarks/results/NAME.json (data plus the machine) and NAME.md
+    (command, machine, table, notes)."""
+    print(table.strip() + (f"\n\n{notes.strip()}" if notes.strip() else ""))
     results.mkdir(parents=True, exist_ok=True)
     info = machine()
     (results / f"{name}.json").write_text(json.dumps({"command": command_line(), "machine": info, **data}, indent=1, default=str))
@@ -79,6 +82,13 @@ def write_result(name: str, data: dict, table: str, notes: str = "", results: Pa
         text += f"\n{notes.strip()}\n"
     (results / f"{name}.md").write_text(text)
     return results / f"{name}.md"
+
+
+def clean_up(ray_tmpdir: str, workdir: Path, keep: bool) -> None:
+    """Remove a benchmark's private Ray temp folder, and its working folder unless asked to keep it."""
+    shutil.rmtree(ray_tmpdir, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def table(header: list[str], rows: list[list], align: str | None = None) -> str:

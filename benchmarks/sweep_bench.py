@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import table, write_result  # noqa: E402
+from report import clean_up, table, write_result  # noqa: E402
 from workflow_bench import cli_env, client_for, lifecycle, status  # noqa: E402
 
 # STEP is the spec's sweep step (a finetune step with a `sweep:` block).
@@ -124,12 +123,9 @@ def main() -> int:
                f"folder (the second run's upstream steps are cache hits; the sweep step's time is compared). "
                f"Best validation loss difference: {names[0]} less {names[-1]}.")
     notes = f"Trials:\n\n{per_trial}"
-    print(caption + "\n\n" + main_table + "\n\n" + notes)
     write_result("sweep_bench", {"spec": args.spec, "overrides": small + args.overrides, "workdir": str(workdir), "runs": runs},
                  caption + "\n\n" + main_table, notes, args.results)
-    shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
-    if not (args.keep or args.workdir):
-        shutil.rmtree(workdir, ignore_errors=True)
+    clean_up(env["RAY_TMPDIR"], workdir, keep=bool(args.keep or args.workdir))
     return 0
 
 

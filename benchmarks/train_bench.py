@@ -490,7 +490,6 @@ def main() -> int:
              f"{split_table}\n\n{plain_split}. Fixed cost of a run (wall time less the training windows): {fixed}. "
              f"Data per step, measured apart: the loop's `_batch` {data_loop * 1e3:.2f} ms, the plain loop's slicing "
              f"{data_plain * 1e3:.2f} ms.")
-    print(caption + "\n\n" + main_table + "\n\n" + notes)
     write_result("train_bench", {"settings": vars(args) | {"results": str(args.results), "workdir": str(workdir)},
                                  "parameters": n_params, "flops_per_token": flops_per_token, "peak_flops_2_threads": peak2,
                                  "peak_flops_1_thread": peak1, "data_s_per_step_loop": data_loop, "data_s_per_step_plain": data_plain,

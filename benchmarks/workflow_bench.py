@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -41,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import table, write_result  # noqa: E402
+from report import clean_up, table, write_result  # noqa: E402
 
 RATES = ("tokens_per_s", "examples_per_s", "pairs_per_s")  # what the training loops report per window
 PPO_SECONDS = ("generation_s", "scoring_s", "training_s")
@@ -242,13 +241,10 @@ def main() -> int:
                f"(every step cached except deploy); cached re-run target < 60 s: {target}.")
     notes = (f"Per step of the cold run (seconds from `lifecycle status --json`; training loops from the steps' MLflow "
              f"metrics):\n\n{per_step}\n\nSteps on parallel branches overlap: the sum of step times can exceed the time in steps.")
-    print(caption + "\n\n" + main_table + "\n\n" + notes)
     write_result(name, {"spec": args.spec, "overrides": overrides, "workdir": str(workdir), "workers": workers,
                         "validate_s": validate_wall, "cold": cold, "cached": warm, "target_cached_s": 60, "target_met": warm["wall_s"] < 60},
                  caption + "\n\n" + main_table, notes, args.results)
-    shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
-    if not (args.keep or args.workdir):
-        shutil.rmtree(workdir, ignore_errors=True)
+    clean_up(env["RAY_TMPDIR"], workdir, keep=bool(args.keep or args.workdir))
     return 0
 
 
