@@ -32,7 +32,7 @@ for name in "${names[@]}"; do
     sweep)    cmd=("$PY" benchmarks/sweep_bench.py) ;;
     workflow) cmd=("$PY" benchmarks/workflow_bench.py) ;;
     serve)    cmd=("$PY" benchmarks/report.py capture serve_bench -- "$PY" benchmarks/serve_bench.py) ;;
-    compress) cmd=("$PY" benchmarks/report.py capture compress_bench -- "$PY" benchmarks/compress_bench.py
+    compress) cmd=("$PY" benchmarks/report.py capture compress_bench -- "$PY" benchmarks/compress_bench.py --repeats 3
                    --out "$RESULTS/compress_bench.json") ;;
     *) echo "unknown benchmark '$name' (train sweep workflow serve compress)" >&2; exit 2 ;;
   esac

@@ -7,7 +7,7 @@ end), through the real command line, side by side in one run.
 for S = asha, then fifo, in one working folder: the second run reuses the first's data, tokenizer
 and pretrained model (cache hits) and runs only its sweep step. SMALL (below) shrinks the spec to
 fit a few minutes on 2 cores: a 60-step pretraining, three ranks (16, 4, 2, largest first as in the
-spec), 90 fine-tuning steps per trial with an evaluation every 30 and ASHA's rungs at steps 30 and 60
+spec), 60 fine-tuning steps per trial with an evaluation every 20 and ASHA's rungs at steps 20 and 40
 (grace period 1). KEY=VALUE arguments come after SMALL and win over it.
 
 For each scheduler, from the sweep step's MLflow run (its sweep/results.json) and `lifecycle status
@@ -36,7 +36,7 @@ from workflow_bench import cli_env, client_for, lifecycle, status  # noqa: E402
 # STEP is the spec's sweep step (a finetune step with a `sweep:` block).
 SMALL = [
     "pretrain.max_steps=60", "pretrain.eval_tokens=2000",
-    "STEP.max_steps=90", "STEP.eval_every=30", "STEP.log_every=30", "STEP.checkpoint_every=90",
+    "STEP.max_steps=60", "STEP.eval_every=20", "STEP.log_every=20", "STEP.checkpoint_every=60",
     "STEP.test_examples=30", "STEP.eval_tokens=1000", "STEP.sweep.ranks=[16,4,2]", "STEP.sweep.grace_period=1",
 ]
 
