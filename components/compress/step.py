@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -126,14 +125,11 @@ def _train(student, tokenizer, teacher_uri: str, masks: dict[str, torch.Tensor],
         return student
     # The workers (on any node) read the initial student from the run's storage.
     init = storage.join(ctx.storage_path, f"{ctx.step}-{ctx.cache_key[:16]}-{part or 'student'}-init-{uuid.uuid4().hex[:8]}")
-    local = Path(tempfile.mkdtemp(prefix="student-init-")) if storage.is_remote(init) else Path(init)
-    student.save_pretrained(local)
-    tokenizer.save_pretrained(local)
-    if masks:
-        save_file({k: v.to(torch.uint8).contiguous() for k, v in masks.items()}, local / "masks.safetensors")
-    if storage.is_remote(init):
-        storage.upload(local, init)
-        shutil.rmtree(local)
+    with storage.writing(init) as local:
+        student.save_pretrained(local)
+        tokenizer.save_pretrained(local)
+        if masks:
+            save_file({k: v.to(torch.uint8).contiguous() for k, v in masks.items()}, local / "masks.safetensors")
     loop_config = {"cfg": cfg.model_dump(), "student_dir": init, "teacher_dir": teacher_uri, "masked": bool(masks),
                    "train_pairs": pairs["train"], "val_pairs": pairs["validation"]}
     export = training.fit(student_loop, loop_config, ctx, cfg.max_failures, SHOWN, part=part, run_id=run_id)

@@ -75,10 +75,7 @@ def prepare(ref: str, settings: dict[str, Any], workdir: Path,
     # A replica may start on another node: an object-store model travels as its URI and each
     # replica fetches its own copy; a local one as its path (a folder every node sees).
     model = {"id": served, "path": source if storage.is_remote(source) else str(model_dir), "metadata": metadata}
-    # An adapter names its base model by a local path, which must be one of the artifacts beside
-    # the served model (or, with an object store, one of their downloaded copies), never any path.
-    allowed = storage.cache_root() if storage.is_remote(source) else model_dir.parent
-    return cfg, model, adapters_of(model_dir, served, allowed, metadata)
+    return cfg, model, adapters_of(source, served, metadata)
 
 
 def app(args: dict[str, Any]):

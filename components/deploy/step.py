@@ -22,16 +22,12 @@ def run(cfg: DeployConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Art
     """Serve the model the gate approved; returns an `endpoint` artifact (endpoint.json)."""
     approval = next(a for a in inputs.values() if a.kind == "approval")
     model_uri = str(approval.metrics["model_uri"])
-    model_dir = storage.localize(model_uri)
     registered = str(approval.metrics.get("registered_model") or ctx.step)
     version = str(approval.metrics.get("registered_version") or "")
     served = cfg.served_name or registered
     metadata = {"registered_model": registered, "version": version, "run_id": str(approval.metrics.get("model_run_id", "")),
                 "approved_by_run": approval.run_id}
-    # An adapter names its base model by a local path, which must be one of the artifacts beside
-    # the served model (or, with an object store, one of their downloaded copies).
-    allowed = storage.cache_root() if storage.is_remote(model_uri) else storage.local_path(model_uri).parent
-    url = start(cfg, {"id": served, "path": model_uri, "metadata": metadata}, adapters_of(model_dir, served, allowed, metadata))
+    url = start(cfg, {"id": served, "path": model_uri, "metadata": metadata}, adapters_of(model_uri, served, metadata))
     if version:
         tracking.set_model_alias(ctx.tracking_uri, registered, cfg.alias, version)
         tracking.tag_model_version(ctx.tracking_uri, registered, version, {"lifecycle.endpoint": url})
@@ -43,13 +39,16 @@ def run(cfg: DeployConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Art
                     f"serving {served} v{version} at {url} (alias {cfg.alias})")
 
 
-def adapters_of(model_dir: Path, served: str, allowed_root: Path, metadata: dict) -> dict[str, dict[str, Any]]:
-    """The LoRA adapters of `model_dir`, each served over its own base model.
+def adapters_of(model_uri: str, served: str, metadata: dict) -> dict[str, dict[str, Any]]:
+    """The LoRA adapters of the model artifact at `model_uri` (a path or URI), each served over its own base model.
 
     `adapter/` (the one merged into the model) is served as `<served>-adapter`; a sweep's
     `trials/<trial>/adapter` as `<served>-<trial>`. The base is read from each adapter's config
-    and must be an artifact of this workdir: a served model is never loaded from an arbitrary path.
+    (a local path) and must be one of the artifacts beside the model (with an object store, one of
+    their downloaded copies): a served model is never loaded from an arbitrary path.
     """
+    model_dir = storage.localize(model_uri)
+    allowed_root = storage.cache_root() if storage.is_remote(model_uri) else model_dir.parent
     found = {f"{served}-adapter": model_dir / "adapter"}
     found.update({f"{served}-{t.name}": t / "adapter" for t in sorted((model_dir / "trials").glob("*")) if t.is_dir()})
     adapters = {}

@@ -110,7 +110,7 @@ def test_sweep_resumes_after_a_killed_driver_and_its_best_adapter_flows_on(ray_a
     assert {"smoke-sweep", "smoke-sweep-adapter"} <= versions
     # Every finished trial's adapter comes along, and the deploy step would serve each one.
     finished = sorted(int(t.data.params["r"]) for t in trials if t.data.tags["lifecycle.stopped_early"] == "False")
-    served = adapters_of(Path(model_dir), "m", workdir / "artifacts", {})
+    served = adapters_of(str(model_dir), "m", {})
     assert sorted(json.loads(Path(a["path"], "adapter_config.json").read_text())["r"] for n, a in served.items()
                   if n != "m-adapter") == finished
     assert "m-adapter" in served and all(Path(a["base_path"]).parent == workdir / "artifacts" for a in served.values())
