@@ -83,7 +83,7 @@ def execute_step(job: dict[str, Any], board, *upstream: Artifact) -> Artifact:
     tracking.close_stale_runs(uri, key)  # left RUNNING by a driver that was killed
     inputs = dict(zip(job["needs"], upstream))  # any further upstream refs were only waited for
     run_id = tracking.start_step_run(
-        uri, job["parent_run_id"], name, job["phase"], key, [a.run_id for a in upstream], job["spec_sha"], job["config"]
+        uri, job["parent_run_id"], name, job["phase"], key, [a.run_id for a in inputs.values()], job["spec_sha"], job["config"]
     )
     board.update.remote(name, {"state": "running", "started": time.time(), "run_id": run_id})
     workdir = Path(job["workdir"])
