@@ -107,6 +107,9 @@ class OpenAIServer:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.context = context_length(self.model)
         self.adapters = adapters
+        # PEFT keeps each adapter as a submodule named after it, and a module name cannot hold a "."
+        # (a sweep trial's id has its learning rate in it: r8-alpha16-lr0.01).
+        self.peft_names = {model_id: f"adapter_{i}" for i, model_id in enumerate(adapters)}
         self.peft = None  # one base model under every adapter, loaded with the first adapter request
         self.lock = asyncio.Lock()  # the model is used by one generate call at a time
         self.in_flight = 0
@@ -190,7 +193,7 @@ class OpenAIServer:
 
     def _run(self, model, model_id: str, prompts: list[str], params: Params) -> list[Completion]:
         if model is self.peft:
-            self.peft.set_adapter(model_id)
+            self.peft.set_adapter(self.peft_names[model_id])
         return generate(model, self.tokenizer, prompts, params)
 
     async def _model(self, model_id: str):
@@ -210,10 +213,10 @@ class OpenAIServer:
         async with self.lock:
             if self.peft is None:
                 base = AutoModelForCausalLM.from_pretrained(spec["base_path"]).eval()
-                self.peft = peft.PeftModel.from_pretrained(base, spec["path"], adapter_name=model_id).eval()
+                self.peft = peft.PeftModel.from_pretrained(base, spec["path"], adapter_name=self.peft_names[model_id]).eval()
             else:
-                self.peft.load_adapter(spec["path"], adapter_name=model_id)
-        return _Adapter(self, model_id)
+                self.peft.load_adapter(spec["path"], adapter_name=self.peft_names[model_id])
+        return _Adapter(self, self.peft_names[model_id])
 
     # --- request checks -------------------------------------------------------------------
 
@@ -267,7 +270,7 @@ class OpenAIServer:
                 model = await self._model(model_id)
                 async with self.lock:
                     if model is self.peft:
-                        self.peft.set_adapter(model_id)
+                        self.peft.set_adapter(self.peft_names[model_id])
                     if chat:
                         yield _event(api.chat_chunk(rid, model_id, 0, {"role": "assistant", "content": ""}, None))
                     pieces = stream(model, self.tokenizer, prompt, params)

@@ -46,7 +46,8 @@ def endpoint(ray_address, serve_port, tmp_path_factory):
     try:
         cfg = DeployConfig(port=serve_port, app_name=APP, max_tokens=8, max_ongoing_requests=4, max_queued_requests=4)
         url = start(cfg, {"id": "tiny", "path": str(root / "base"), "metadata": {"registered_model": "tiny", "version": "3"}},
-                    {"tiny-adapter": {"path": str(root / "adapter"), "base_path": str(root / "base"), "metadata": {}}})
+                    # A "." in the id, as in a sweep trial's: PEFT module names cannot hold one.
+                    {"tiny-r4-lr0.01": {"path": str(root / "adapter"), "base_path": str(root / "base"), "metadata": {}}})
     finally:
         del os.environ["LIFECYCLE_API_KEY"]
     yield url, base, tuned.eval(), tok
@@ -65,7 +66,7 @@ def test_completions_chat_streaming_and_adapters_with_the_openai_client(endpoint
     url, base, tuned, tok = endpoint
     c = client(url)
     models = {m.id: m for m in c.models.list().data}
-    assert set(models) == {"tiny", "tiny-adapter"} and models["tiny"].model_extra["metadata"]["version"] == "3"
+    assert set(models) == {"tiny", "tiny-r4-lr0.01"} and models["tiny"].model_extra["metadata"]["version"] == "3"
 
     prompt = "### Instruction:\nAdd 2 and 3.\n\n### Response:\n"
     out = c.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0)
@@ -88,7 +89,7 @@ def test_completions_chat_streaming_and_adapters_with_the_openai_client(endpoint
     first, again = c.completions.create(**sampled), c.completions.create(**sampled)
     assert len(first.choices) == 2 and [x.text for x in first.choices] == [x.text for x in again.choices]
 
-    adapted = c.completions.create(model="tiny-adapter", prompt=prompt, max_tokens=8, temperature=0)
+    adapted = c.completions.create(model="tiny-r4-lr0.01", prompt=prompt, max_tokens=8, temperature=0)
     assert adapted.choices[0].text == greedy(tuned, tok, prompt)  # base + LoRA, multiplexed
     assert c.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0).choices[0].text == out.choices[0].text
 
