@@ -23,13 +23,11 @@ class ReportToLineage(ray.train.UserCallback):
 def plot_curves(ctx: StepContext, run_id: str | None = None, keys: tuple[str, ...] = ("loss", "val_loss"),
                 ylabel: str = "token cross-entropy (nats)", artifact_file: str = "loss_curve.png") -> None:
     """Plot metric histories of a run (default: the step's) against step; logged as a PNG artifact."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global backend switch, nothing to close
 
     run_id = run_id or ctx.run_id
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     for key in keys:
         points = tracking.metric_history(ctx.tracking_uri, run_id, key)
         if points:
@@ -40,4 +38,3 @@ def plot_curves(ctx: StepContext, run_id: str | None = None, keys: tuple[str, ..
     ax.legend()
     fig.tight_layout()
     tracking.log_figure(ctx.tracking_uri, run_id, fig, artifact_file)
-    plt.close(fig)

@@ -67,16 +67,14 @@ def markdown(rows: list[dict], title: str = "Evaluation report") -> str:
 
 def figure(rows: list[dict]):
     """One bar chart per headline metric, models side by side (matplotlib Figure)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global backend switch, nothing to close
 
     head, _ = columns(rows)
     keys = head or ["(none)"]
     cols = min(4, len(keys))
     nrows = -(-len(keys) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
+    fig = Figure(figsize=(3.2 * cols, 2.6 * nrows))
+    axes = fig.subplots(nrows, cols, squeeze=False)
     names = [r["model"] for r in rows]
     for ax, key in zip(axes.flat, keys):
         values = [r["metrics"].get(key, float("nan")) for r in rows]
@@ -92,15 +90,13 @@ def figure(rows: list[dict]):
 def size_quality_figure(rows: list[dict], quality: tuple[str, ...] = ("exact_match", "rougeL_f1", "perplexity")):
     """Quality against size on disk, a point per evaluated model (the compression trade-off), or None
     when fewer than two models have both."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     keys = [k for k in quality if sum(k in r["metrics"] and "model_bytes" in r["metrics"] for r in rows) >= 2]
     if not keys:
         return None
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(keys), 3.4))
+    axes = fig.subplots(1, len(keys), squeeze=False)
     for ax, key in zip(axes.flat, keys):
         for i, r in enumerate(rows):
             if key in r["metrics"] and "model_bytes" in r["metrics"]:
@@ -149,11 +145,7 @@ def publish(uri: str, workflow_run_id: str) -> str | None:
     tracking.log_text(uri, workflow_run_id, text, "report.md")
     tracking.log_text(uri, workflow_run_id, html_page(rows, fig), "report.html")
     tracking.log_figure(uri, workflow_run_id, fig, "report.png")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
     trade_off = size_quality_figure(rows)
     if trade_off is not None:
         tracking.log_figure(uri, workflow_run_id, trade_off, "size_quality.png")
-        plt.close(trade_off)
     return text

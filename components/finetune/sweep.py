@@ -135,10 +135,7 @@ def results_table(rows: list[dict], best: dict) -> str:
 
 
 def _log_results(ctx: StepContext, rows: list[dict], best: dict, summary: dict, scheduler: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global backend switch, nothing to close
 
     table = results_table(rows, best)
     report = (f"## Sweep {ctx.step} ({scheduler}): best rank {best['r']}, val loss {best['val_loss']:.4f}\n\n{table}\n\n"
@@ -147,7 +144,8 @@ def _log_results(ctx: StepContext, rows: list[dict], best: dict, summary: dict, 
     tracking.log_text(ctx.tracking_uri, ctx.run_id, report, "sweep/results.md")
     tracking.log_dict(ctx.tracking_uri, ctx.run_id, {"summary": summary, "trials": [{k: v for k, v in r.items() if k != "checkpoint"} for r in rows]}, "sweep/results.json")
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     for stopped, marker, label in ((False, "o", "ran to the end"), (True, "x", "stopped early (ASHA)")):
         pts = [r for r in rows if r["stopped_early"] == stopped]
         if pts:
@@ -161,4 +159,3 @@ def _log_results(ctx: StepContext, rows: list[dict], best: dict, summary: dict, 
     ax.legend(fontsize=8)
     fig.tight_layout()
     tracking.log_figure(ctx.tracking_uri, ctx.run_id, fig, "sweep/val_loss_vs_rank.png")
-    plt.close(fig)
