@@ -223,6 +223,22 @@ def find_cached(uri: str, cache_key: str) -> Artifact | None:
     return None
 
 
+def step_artifact(uri: str, run_id: str) -> Artifact:
+    """The Artifact a finished step run recorded."""
+    text = _client(uri).get_run(run_id).data.tags.get(TAG + "artifact")
+    if not text:
+        raise LookupError(f"run {run_id} recorded no output (not finished, or not a step)")
+    return Artifact.from_json(text)
+
+
+def load_dict(uri: str, run_id: str, artifact_file: str) -> Any:
+    """A JSON artifact of a run (as `log_dict` wrote it)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(_client(uri).download_artifacts(run_id, artifact_file, tmp)).read_text())
+
+
 def close_stale_runs(uri: str, cache_key: str) -> int:
     """Mark RUNNING step runs with this key KILLED: their driver died. Returns how many."""
     client = _client(uri)
