@@ -68,6 +68,14 @@ def ray_address(tmp_path_factory):
     for proc in family:
         if proc.is_running():
             proc.kill()
+    # `ray start` recorded this head as the machine's current cluster; a killed head leaves the
+    # record behind, and Ray's State API clients in a later local Ray (Ray Train's placement-group
+    # cleaner among them) would wait on the dead address (12 s per training run).
+    from ray._common.utils import get_ray_address_file, reset_ray_address
+
+    recorded = Path(get_ray_address_file(None))
+    if recorded.exists() and recorded.read_text().strip() == address:
+        reset_ray_address()
 
 
 @pytest.fixture(scope="session")
@@ -162,3 +170,31 @@ def wait_for_idle_cluster(timeout: float = 180) -> None:
         if time.time() > deadline:
             raise AssertionError(f"cluster still busy after {timeout:.0f}s: {ray.available_resources()}")
         time.sleep(1)
+
+
+def execute_notebook(name: str, **parameters):
+    """Run notebooks/<name> top to bottom in a real Jupyter kernel, `parameters` set after its
+    parameters cell (as papermill does); returns (notebook with outputs, seconds). A failing cell raises."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    for cell in nb.cells:  # stored without outputs, so a reader sees the code, not a stale run
+        assert cell.cell_type != "code" or not cell.outputs and cell.execution_count is None, f"{name} has stored outputs"
+    at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    nb.cells.insert(at + 1, nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in parameters.items())))
+    started = time.time()
+    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    return nb, time.time() - started
+
+
+def notebook_text(nb) -> str:
+    """Everything the notebook's cells printed or displayed, as text."""
+    import json
+
+    return "\n".join(o.get("text", "") + json.dumps(o.get("data", {})) for c in nb.cells for o in c.get("outputs", []))
+
+
+def notebook_images(nb) -> int:
+    """How many plots the notebook's cells displayed."""
+    return sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))

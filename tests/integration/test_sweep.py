@@ -9,11 +9,13 @@ from functools import lru_cache
 from pathlib import Path
 
 import mlflow
+import pytest
 import yaml
 
 from components import tracking
 from components.deploy.step import adapters_of
-from tests.conftest import ROOT, lifecycle, lifecycle_popen, wait_for, wait_for_idle_cluster
+from tests.conftest import (ROOT, delete_serve_app, execute_notebook, lifecycle, lifecycle_popen, notebook_images, notebook_text,
+                            wait_for, wait_for_idle_cluster)
 
 RANKS = [2, 8]
 MAX_STEPS = 40
@@ -56,7 +58,11 @@ def runs(workdir, query):
         return []
 
 
-def test_sweep_resumes_after_a_killed_driver_and_its_best_adapter_flows_on(ray_address, tmp_path):
+@pytest.fixture(scope="module")
+def resumed_sweep(ray_address, tmp_path_factory):
+    """The sweep spec run, its driver killed while the second trial trains, then run again to the end:
+    (spec path, workdir, the first trial's run id, the re-run's output)."""
+    tmp_path = tmp_path_factory.mktemp("sweep")
     spec, workdir, log = sweep_spec(tmp_path), tmp_path / "wd", tmp_path / "run.log"
     wait_for_idle_cluster()
     proc = lifecycle_popen("run", spec, "--workdir", str(workdir), "--address", ray_address, log=log)
@@ -77,6 +83,11 @@ def test_sweep_resumes_after_a_killed_driver_and_its_best_adapter_flows_on(ray_a
 
     rerun = lifecycle("run", spec, "--workdir", str(workdir), "--address", ray_address, timeout=900)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    return spec, workdir, first_trial, rerun
+
+
+def test_sweep_resumes_after_a_killed_driver_and_its_best_adapter_flows_on(resumed_sweep, tmp_path):
+    spec, workdir, first_trial, rerun = resumed_sweep
     assert "Sweep sweep (asha): best rank" in rerun.stdout  # the results table, printed at the end
 
     client = _client(tracking.tracking_uri_for(workdir))
@@ -114,3 +125,22 @@ def test_sweep_resumes_after_a_killed_driver_and_its_best_adapter_flows_on(ray_a
     assert sorted(json.loads(Path(a["path"], "adapter_config.json").read_text())["r"] for n, a in served.items()
                   if n != "m-adapter") == finished
     assert "m-adapter" in served and all(Path(a["base_path"]).parent == workdir / "artifacts" for a in served.values())
+
+
+def test_the_sweep_notebook_plots_the_trials_and_serves_every_adapter_side_by_side(resumed_sweep, ray_address, serve_port):
+    """notebooks/02_lora_rank_sweep.ipynb on this sweep: its run is all cache hits, then it promotes the
+    best model and asks every finished trial's adapter the same held-out prompts through one endpoint."""
+    spec, workdir, _, _ = resumed_sweep
+    nb, seconds = execute_notebook("02_lora_rank_sweep.ipynb", SPEC=spec, WORKDIR=str(workdir), ADDRESS=ray_address,
+                                   SERVE={"port": serve_port}, TEST_EXAMPLES=12)
+    print(f"02_lora_rank_sweep (cached sweep): {seconds:.0f}s")
+    uri = tracking.tracking_uri_for(workdir)
+    latest = tracking.recent_workflows(uri, limit=1)[0]
+    assert {s["state"] for s in latest["steps"]} == {"cached"}, latest["steps"]
+    assert tracking.model_version_by_alias(uri, "smoke-sweep", "production")["version"] == "1"
+    text = notebook_text(nb)
+    # The merged best model, its adapter, and each trial that ran to the end (ASHA may stop one) answered.
+    finished = [r for r in runs(workdir, "tags.`lifecycle.kind` = 'trial'") if r.data.tags["lifecycle.stopped_early"] == "False"]
+    assert "smoke-sweep-adapter" in text and all(f"smoke-sweep-r{t.data.params['r']}-" in text for t in finished)
+    assert notebook_images(nb) >= 2
+    delete_serve_app("lifecycle")

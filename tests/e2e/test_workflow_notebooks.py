@@ -1,0 +1,37 @@
+"""The quickstart and lineage notebooks, executed top to bottom by a real Jupyter kernel against the
+tiny workflow's run that the end-to-end test made (the sweep notebook runs in tests/integration/test_sweep.py,
+against the sweep that test made). A failing cell fails the test."""
+
+import json
+
+import pytest
+
+from components import tracking
+from tests.conftest import ROOT, delete_serve_app, execute_notebook, lifecycle, notebook_images, notebook_text
+
+
+def test_quickstart_and_lineage_notebooks_run_top_to_bottom_on_the_tiny_run(tiny_run, ray_address, serve_port):
+    workdir = str(tiny_run.workdir)
+    uri = tracking.tracking_uri_for(tiny_run.workdir)
+
+    # The quickstart runs tiny.yaml again in the same workdir: all cache hits (an endpoint is never one).
+    nb, seconds = execute_notebook("01_quickstart.ipynb", WORKDIR=workdir, ADDRESS=ray_address, OVERRIDES=[f"deploy.port={serve_port}"])
+    print(f"01_quickstart (cached): {seconds:.0f}s")
+    states = [s["state"] for s in tracking.recent_workflows(uri, limit=1)[0]["steps"]]
+    assert states == ["cached"] * 18 + ["done"], states
+    text = notebook_text(nb)
+    assert "completion:" in text and "tiny-finetune-adapter" in text and notebook_images(nb) >= 2
+    status = json.loads(lifecycle("status", "--workdir", workdir, "--json").stdout)  # the CLI sees the notebook's run
+    assert status[0]["workflow"] == "tiny" and status[0]["status"] == "FINISHED"
+    delete_serve_app("lifecycle")  # its replica's CPU is needed by the tests that follow
+
+    # Lineage and compression read the same run: no training.
+    nb, seconds = execute_notebook("03_lineage_and_compression.ipynb", WORKDIR=workdir)
+    print(f"03_lineage_and_compression: {seconds:.0f}s")
+    text = notebook_text(nb)
+    assert "eval-finetune (evaluate)" in text and "corpus/train" in text and notebook_images(nb) >= 1
+
+
+@pytest.mark.parametrize("name", ["01_quickstart.ipynb", "02_lora_rank_sweep.ipynb", "03_lineage_and_compression.ipynb"])
+def test_the_readme_links_every_notebook(name):
+    assert (ROOT / "notebooks" / name).exists() and f"](notebooks/{name})" in (ROOT / "README.md").read_text()
