@@ -1,5 +1,6 @@
 """Spec validation: every error names file, line, step and field; nothing starts."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -104,12 +105,16 @@ def test_malformed_data_file_is_caught_before_ray_with_file_and_line(tmp_path):
 
 
 def test_cli_bad_input_exits_2_without_ray_or_workdir(tmp_path):
-    # A fresh interpreter: the test session itself may already be connected to Ray.
+    # A fresh interpreter (the test session itself may already be connected to Ray), one for all cases.
     workdir = tmp_path / "wd"
     bad = write(tmp_path, GOOD.replace("max_steps: 50", "max_steps: -5"), "bad.yaml")
     probe = (
-        "import sys, ray; from workflows import cli; rc = cli.main(sys.argv[1:]); "
-        "print('ray started' if ray.is_initialized() else 'no ray'); sys.exit(rc)"
+        "import contextlib, io, json, sys, ray; from workflows import cli\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        rc = cli.main(argv)\n"
+        "    print(json.dumps([rc, ray.is_initialized(), err.getvalue()]))\n"
     )
     cases = [
         ["run", str(bad), "--workdir", str(workdir)],
@@ -119,11 +124,12 @@ def test_cli_bad_input_exits_2_without_ray_or_workdir(tmp_path):
         ["serve", "tiny-finetune", "--workdir", str(workdir)],  # no runs there
         ["report", "--workdir", str(workdir)],
     ]
-    for argv in cases:
-        out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, cwd=ROOT, timeout=120)
-        assert out.returncode == 2, out.stderr
-        assert out.stdout.strip() == "no ray"
-        assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
-    assert "field 'max_steps'" in subprocess.run([sys.executable, "-c", probe, *cases[0]], capture_output=True, text=True, cwd=ROOT).stderr
+    out = subprocess.run([sys.executable, "-c", probe, json.dumps(cases)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("[")]
+    assert len(results) == len(cases), out.stdout + out.stderr
+    for argv, (rc, ray_started, stderr) in zip(cases, results):
+        assert rc == 2 and not ray_started, (argv, stderr)
+        assert stderr.startswith("error: ") and stderr.count("\n") == 1, (argv, stderr)
+    assert "field 'max_steps'" in results[0][2]
     assert not workdir.exists()
     assert cli.main(["validate", str(write(tmp_path, GOOD))]) == 0
