@@ -15,7 +15,8 @@ def test_quickstart_and_lineage_notebooks_run_top_to_bottom_on_the_tiny_run(tiny
     uri = tracking.tracking_uri_for(tiny_run.workdir)
 
     # The quickstart runs tiny.yaml again in the same workdir: all cache hits (an endpoint is never one).
-    nb, seconds = execute_notebook("01_quickstart.ipynb", WORKDIR=workdir, ADDRESS=ray_address, OVERRIDES=[f"deploy.port={serve_port}"])
+    nb, seconds = execute_notebook("01_quickstart.ipynb", WORKDIR=workdir, ADDRESS=ray_address,
+                                   OVERRIDES=[*tiny_run.overrides, f"deploy.port={serve_port}"])
     print(f"01_quickstart (cached): {seconds:.0f}s")
     states = [s["state"] for s in tracking.recent_workflows(uri, limit=1)[0]["steps"]]
     assert states == ["cached"] * 18 + ["done"], states
