@@ -75,7 +75,9 @@ def run_pair(strategy, stage, directory, resume, lora=False):
     return result
 
 
-@pytest.mark.parametrize("strategy, stage", [("fsdp", 0), ("ddp", 0), ("deepspeed", 1), ("deepspeed", 3)])  # stage 2 runs in the LoRA test below
+# ZeRO stage 3 here and stage 2 in the LoRA test below; stage 1 is stage 2 without sharded gradients, the same
+# engine path (a CI-time saving: each DeepSpeed case takes 25-30 s on 2 cores).
+@pytest.mark.parametrize("strategy, stage", [("fsdp", 0), ("ddp", 0), ("deepspeed", 3)])
 def test_strategy_trains_and_resumes_exactly(tmp_path, strategy, stage):
     full = run_pair(strategy, stage, tmp_path / "ckpt", resume=False)
     resumed = run_pair(strategy, stage, tmp_path / "ckpt", resume=True)
