@@ -35,6 +35,14 @@ def tracking_uri_for(workdir: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(workdir).resolve()}/mlflow.db"
 
 
+def existing_uri(workdir: Path) -> str:
+    """`tracking_uri_for`, for reading: raises ValueError when there is no server and no mlflow.db,
+    rather than letting MLflow create an empty database and answer "no such run"."""
+    if not os.environ.get("MLFLOW_TRACKING_URI") and not (Path(workdir) / "mlflow.db").exists():
+        raise ValueError(f"{workdir}: no lifecycle runs here (no mlflow.db); pass --workdir or set MLFLOW_TRACKING_URI")
+    return tracking_uri_for(workdir)
+
+
 @lru_cache(maxsize=8)
 def _client(uri: str):
     import logging

@@ -2,12 +2,12 @@
 
     from workflows import api as lc
 
-    run = lc.run("tiny", "finetune.max_steps=300", workdir="runs/tiny")   # progress lines as steps move
+    run = lc.run("tiny", "finetune.max_steps=300")   # progress lines as steps move; workdir .lifecycle
     run.steps                                   # DataFrame: step, phase, state, seconds, run_id, headline
-    lc.history("runs/tiny", "pretrain")         # DataFrame: step, loss
-    lc.report("runs/tiny")                      # DataFrame: one row per evaluated checkpoint
-    lc.lineage("runs/tiny", "models:/tiny-finetune@production")
-    model, tokenizer = lc.load_model("runs/tiny", "finetune")
+    lc.history(".lifecycle", "pretrain")        # DataFrame: step, loss, val_loss
+    lc.report(".lifecycle")                     # DataFrame: one row per evaluated checkpoint
+    lc.lineage(".lifecycle", "models:/tiny-finetune@production")
+    model, tokenizer = lc.load_model(".lifecycle", "finetune")
     lc.client(run.endpoint).completions.create(model="tiny", prompt="...")
 
 These call the same engine, spec loader and tracking functions as the CLI; nothing here keeps
@@ -18,6 +18,7 @@ newest workflow run of the workdir that has it (a cached step points at the run 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,7 @@ def run(spec: str | Path | Resolved, *overrides: str, workdir: str | Path = ".li
     from workflows.progress import Display
 
     resolved = spec if isinstance(spec, Resolved) else load(spec, *overrides)
-    with Display() if progress else _Quiet() as display:
+    with Display() if progress else contextlib.nullcontext() as display:
         run_id, outcomes = engine.run(resolved, Path(workdir), address, display, keep_ray=True, storage_root=storage)
     result = Run(run_id, Path(workdir), outcomes)
     for o in outcomes:
@@ -102,16 +103,8 @@ def run(spec: str | Path | Resolved, *overrides: str, workdir: str | Path = ".li
     return result
 
 
-class _Quiet:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def shutdown() -> None:
-    """Stop Serve and the Ray this process started or joined (an endpoint on a cluster keeps running)."""
+    """Disconnect from Ray: a local Ray this process started stops, its endpoint with it; a cluster's keeps running."""
     import ray
 
     if ray.is_initialized():
@@ -122,11 +115,10 @@ def shutdown() -> None:
 
 
 def _uri(workdir: str | Path) -> str:
-    import os
-
-    if not os.environ.get("MLFLOW_TRACKING_URI") and not (Path(workdir) / "mlflow.db").exists():
-        raise SpecError(f"{workdir}: no lifecycle runs here (no mlflow.db)")
-    return tracking.tracking_uri_for(Path(workdir))
+    try:
+        return tracking.existing_uri(Path(workdir))
+    except ValueError as e:
+        raise SpecError(str(e)) from None
 
 
 def runs(workdir: str | Path = ".lifecycle", limit: int = 10) -> pd.DataFrame:

@@ -185,9 +185,10 @@ def _stop_local_ray() -> None:
 def _tracking_uri(workdir: str) -> str:
     from components import tracking
 
-    if not os.environ.get("MLFLOW_TRACKING_URI") and not (Path(workdir) / "mlflow.db").exists():
-        raise SpecError(f"{workdir}: no lifecycle runs here (no mlflow.db); pass --workdir or set MLFLOW_TRACKING_URI")
-    return tracking.tracking_uri_for(Path(workdir))
+    try:
+        return tracking.existing_uri(Path(workdir))
+    except ValueError as e:
+        raise SpecError(str(e)) from None
 
 
 def _lineage(args, console: Console) -> int:

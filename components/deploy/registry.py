@@ -48,11 +48,7 @@ def prepare(ref: str, settings: dict[str, Any], workdir: Path,
     """
     cfg = deploy_config(settings, who)
     workdir = Path(workdir)
-    # Without a server, a missing mlflow.db means "no runs here": say so rather than let
-    # MLflow create an empty database and answer "no such model".
-    if not os.environ.get("MLFLOW_TRACKING_URI") and not (workdir / "mlflow.db").exists():
-        raise ValueError(f"{workdir}: no lifecycle runs here (no mlflow.db); pass --workdir or set MLFLOW_TRACKING_URI")
-    uri = tracking.tracking_uri_for(workdir)
+    uri = tracking.existing_uri(workdir)
     where = _without_credentials(os.environ["MLFLOW_TRACKING_URI"]) if os.environ.get("MLFLOW_TRACKING_URI") else str(workdir)
     try:
         found = tracking.resolve_model(uri, ref)
