@@ -11,7 +11,7 @@ PERTURBATIONS = ("typo", "case", "whitespace")
 
 
 class EvaluateConfig(BaseModel):
-    """Score one model on held-out text, the instruction test split and benchmark suites (via Ray Data)."""
+    """Score one model on held-out text, the instruction test split and benchmark suites, on model replicas (Ray tasks or Ray Data)."""
 
     model_config = ConfigDict(extra="forbid")
     eval_tokens: int = Field(20000, ge=100, description="Validation-corpus tokens scored for perplexity (needs a dataset input).")
@@ -33,8 +33,13 @@ class EvaluateConfig(BaseModel):
     lm_eval_tasks: list[str] = Field(
         default_factory=list, description="EleutherAI lm-evaluation-harness tasks to run too (needs `lm_eval` installed)."
     )
-    batch_size: int = Field(16, ge=1, description="Work items per Ray Data batch on a model replica.")
-    replicas: int | None = Field(None, ge=1, description="Model replicas (Ray Data actors) at most; None: the spec's scale.workers.")
+    batch_size: int = Field(16, ge=1, description="Work items per batch on a model replica.")
+    replicas: int | None = Field(None, ge=1, description="Model replicas at most; None: the spec's scale.workers.")
+    ray_data_min_items: int = Field(
+        5000, ge=0,
+        description="Stream the work items through a Ray Data actor pool from this many on; fewer are split evenly over "
+                    "plain Ray tasks, which skip the pool's start-up (about 6 s of a 29 s step on 2 CPUs).",
+    )
     seed: int = Field(0, description="Seed of the prompt perturbations.")
 
     @field_validator("benchmarks")

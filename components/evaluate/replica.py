@@ -1,6 +1,7 @@
-"""A model replica for Ray Data: loads the model once, answers batches of mixed work items.
+"""A model replica: loads the model once, answers batches of mixed work items (a Ray Data
+`map_batches` actor, or called by a Ray task for a small set).
 
-A work item is one row of a Ray Dataset (`map_batches` hands a pandas DataFrame of rows):
+A work item is one row of a pandas DataFrame batch:
 
     id       int        position in the request list
     kind     str        "nll": score `tokens` with a sliding window; "generate": answer `text`

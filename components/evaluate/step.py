@@ -1,4 +1,5 @@
-"""Ray wiring of the evaluate phase: build work items, score them on model replicas with Ray Data, summarise.
+"""Ray wiring of the evaluate phase: build work items, score them on model replicas (Ray tasks, or Ray Data for
+a large set), summarise.
 
 One evaluate step scores one model; several evaluate steps (one per checkpoint) run in parallel
 in the DAG, and the workflow's report puts them side by side (components/evaluate/report.py).
@@ -11,6 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 
+import pandas as pd
 import ray
 import ray.data
 from transformers import AutoTokenizer
@@ -85,7 +87,7 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
             for kind in cfg.perturbations:
                 add(Request("benchmark", item=item, variant=kind), "choice", _perturbed(item.context, kind, cfg.seed), item.options)
 
-    # 2. Score them on model replicas: a Ray Data actor pool, one model copy per actor.
+    # 2. Score them on model replicas, one model copy each (Ray tasks, or a Ray Data actor pool for a large set).
     results = _score(rows, model.uri, cfg, ctx)
 
     # 3. Summarise into metrics, write the artifact, log to the step's run.
@@ -111,26 +113,48 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
 
 
 def _score(rows: list[dict], model_dir: str, cfg: EvaluateConfig, ctx: StepContext) -> list[dict]:
-    """Each row's outputs, in row order, computed by `ModelReplica` actors through Ray Data."""
-    data_context = ray.data.DataContext.get_current()
-    data_context.enable_progress_bars = False  # the workflow's own table shows progress
+    """Each row's outputs, in row order, computed by `ModelReplica`s: through Ray Data for a large set,
+    else on one Ray task per replica."""
     replicas = min(cfg.replicas or ctx.workers, max(1, math.ceil(len(rows) / cfg.batch_size)))
     resources = {"num_gpus": ctx.gpus_per_worker} if ctx.gpus_per_worker else {}
+    replica_args = {"model_dir": model_dir, "max_new_tokens": cfg.max_new_tokens, "threads": max(1, int(ctx.cpus_per_worker))}
+    results: dict[int, dict] = {}
+    if len(rows) < cfg.ray_data_min_items:
+        # Every replica gets every replicas-th row, so each sees the same mix of work kinds.
+        pending = [_score_rows.options(num_cpus=ctx.cpus_per_worker, **resources).remote(rows[i::replicas], replica_args, cfg.batch_size)
+                   for i in range(replicas)]
+        while pending:
+            (done,), pending = ray.wait(pending)
+            results.update((int(row["id"]), row) for row in ray.get(done))
+            ctx.progress({"scored": len(results), "items": len(rows)})
+        return [results[i] for i in range(len(rows))]
+
+    data_context = ray.data.DataContext.get_current()
+    data_context.enable_progress_bars = False  # the workflow's own table shows progress
     scored = ray.data.from_items(rows).map_batches(
         ModelReplica,
-        fn_constructor_kwargs={"model_dir": model_dir, "max_new_tokens": cfg.max_new_tokens, "threads": max(1, int(ctx.cpus_per_worker))},
+        fn_constructor_kwargs=replica_args,
         batch_size=cfg.batch_size,
         batch_format="pandas",
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=replicas),
         num_cpus=ctx.cpus_per_worker,
         **resources,
     )
-    results: dict[int, dict] = {}
     for row in scored.iter_rows():
         results[int(row["id"])] = row
         if len(results) % 100 == 0 or len(results) == len(rows):
             ctx.progress({"scored": len(results), "items": len(rows)})
     return [results[i] for i in range(len(rows))]
+
+
+@ray.remote
+def _score_rows(rows: list[dict], replica_args: dict, batch_size: int) -> list[dict]:
+    """`rows` scored by one ModelReplica, batch by batch (a Ray task: the worker process, and its imports, are reused)."""
+    replica = ModelReplica(**replica_args)
+    out: list[dict] = []
+    for start in range(0, len(rows), batch_size):
+        out.extend(replica(pd.DataFrame(rows[start : start + batch_size])).to_dict("records"))
+    return out
 
 
 def summarise(requests: list[Request], results: list[dict], cfg: EvaluateConfig) -> dict[str, float]:

@@ -27,7 +27,8 @@ from tests.conftest import ROOT, _port_open, free_port, lifecycle
 BUCKET = "lifecycle"
 # smoke.yaml, shorter: the point is where things run and land, not how well the model learns.
 OVERRIDES = ["pretrain.max_steps=40", "pretrain.eval_every=20", "pretrain.checkpoint_every=20", "finetune.max_steps=30",
-             "finetune.eval_every=15", "finetune.checkpoint_every=15", "evaluate.test_examples=20", "evaluate.benchmark_limit=4"]
+             "finetune.eval_every=15", "finetune.checkpoint_every=15", "evaluate.test_examples=20", "evaluate.benchmark_limit=4",
+             "evaluate.ray_data_min_items=0"]  # scored through a Ray Data actor pool, as a large set would be
 
 
 @pytest.fixture
