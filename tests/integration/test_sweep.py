@@ -26,7 +26,7 @@ def sweep_spec(tmp_path):
     steps = spec["steps"]
     for later in ("evaluate", "gate", "deploy"):  # this test is about the sweep and the step after it
         steps.pop(later)
-    steps["pretrain"]["with"].update(max_steps=80, eval_every=80, checkpoint_every=80)
+    steps["pretrain"]["with"].update(max_steps=20, warmup_steps=2, eval_every=20, checkpoint_every=20)  # a base, not the subject
     steps["sweep"] = steps.pop("finetune")
     steps["sweep"]["with"] = {
         "max_steps": MAX_STEPS, "warmup_steps": 5, "log_every": 10, "eval_every": 10, "checkpoint_every": 20,
