@@ -51,7 +51,26 @@ def _client(uri: str):
     logging.getLogger("alembic").setLevel(logging.WARNING)
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    # One process at a time opens the SQLite file: MLflow creates and migrates a new database's tables
+    # from whichever process gets there first, and two at once collide ("table ... already exists"),
+    # as a `lifecycle run` and a `lifecycle status` started together on a new workdir would.
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_experiments(max_results=1)  # the tracking store: creates the tables if missing
+        client.search_registered_models(max_results=1)  # the registry store, on the same file
+    return client
+
+
+def client(uri: str):
+    """The process's `MlflowClient` for `uri` (a new SQLite database gets its tables once, under a file lock)."""
+    return _client(uri)
 
 
 def experiment_id(uri: str, workdir: Path | None = None) -> str:

@@ -3,10 +3,8 @@
 import json
 import os
 import signal
-from functools import lru_cache
 from pathlib import Path
 
-import mlflow
 import psutil
 
 from components import tracking
@@ -36,14 +34,9 @@ def start_long_run(spec: str, workdir: Path, ray_address: str, log: Path):
     return proc
 
 
-@lru_cache(maxsize=4)
-def _client(uri: str) -> mlflow.MlflowClient:
-    return mlflow.MlflowClient(uri)  # one per database: each new one re-checks the schema
-
-
 def step_runs(workdir: Path):
     uri = tracking.tracking_uri_for(workdir)
-    client = _client(uri)
+    client = tracking.client(uri)
     runs = client.search_runs([tracking.experiment_id(uri)], "tags.`lifecycle.step` = 'pretrain'", order_by=["attributes.start_time ASC"])
     return client, runs
 

@@ -5,10 +5,8 @@ import json
 import os
 import signal
 from collections import Counter
-from functools import lru_cache
 from pathlib import Path
 
-import mlflow
 import pytest
 import yaml
 
@@ -43,17 +41,12 @@ def sweep_spec(tmp_path):
     return str(path)
 
 
-@lru_cache(maxsize=4)
-def _client(uri):
-    return mlflow.MlflowClient(uri)
-
-
 def runs(workdir, query):
     uri = tracking.tracking_uri_for(workdir)
     if not (workdir / "mlflow.db").exists():
         return []
     try:
-        return _client(uri).search_runs([tracking.experiment_id(uri)], query, order_by=["attributes.start_time ASC"])
+        return tracking.client(uri).search_runs([tracking.experiment_id(uri)], query, order_by=["attributes.start_time ASC"])
     except Exception:  # the database is still being created
         return []
 
@@ -71,7 +64,7 @@ def resumed_sweep(ray_address, tmp_path_factory):
     # its first rung at step 20, where ASHA may stop it).
     def second_trial_going():
         trials = runs(workdir, "tags.`lifecycle.kind` = 'trial'")
-        client = _client(tracking.tracking_uri_for(workdir))
+        client = tracking.client(tracking.tracking_uri_for(workdir))
         return len(trials) >= 2 and any(m.step >= 10 for m in client.get_metric_history(trials[1].info.run_id, "loss"))
 
     wait_for(lambda: proc.poll() is not None or second_trial_going(), 600, "a second sweep trial", log)
@@ -90,7 +83,7 @@ def test_sweep_resumes_after_a_killed_driver_and_its_best_adapter_flows_on(resum
     spec, workdir, first_trial, rerun = resumed_sweep
     assert "Sweep sweep (asha): best rank" in rerun.stdout  # the results table, printed at the end
 
-    client = _client(tracking.tracking_uri_for(workdir))
+    client = tracking.client(tracking.tracking_uri_for(workdir))
     (step,) = runs(workdir, "tags.`lifecycle.step` = 'sweep' and attributes.status = 'FINISHED'")
     trials = runs(workdir, f"tags.`mlflow.parentRunId` = '{step.info.run_id}'")
     assert sorted(int(t.data.params["r"]) for t in trials) == RANKS  # one child run per trial, re-parented
