@@ -19,11 +19,9 @@ answer itself mentions.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures' types at runtime.
-import json
 import os
 import re
 import time
-import urllib.request
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -32,9 +30,10 @@ from ray import serve
 from components.apps.config import RagConfig, RagRequest
 from components.core import retrieval
 from components.core.embedding import wordllama_embed
-from components.deploy.app import ApiError
-from components.deploy.auth import add_error_handlers, authorize
+from components.core.models import context_length
+from components.deploy.app import ApiError, add_error_handlers, authorize
 from components.deploy.generation import Params
+from components.deploy.step import local_url, wait_ready
 
 INSTRUCTION = "Answer the question using the numbered passages. Cite passages like [1]."
 _CITATION = re.compile(r"\[(\d+)\]")
@@ -91,8 +90,7 @@ class RagServer:
         self.model_id = model["id"]
         self.served = {self.model_id, *adapters}  # checked here: the model replica's own 404 does not cross the handle
         self.tokenizer = AutoTokenizer.from_pretrained(path)  # to fit the passages into the model's context
-        config = AutoConfig.from_pretrained(path)
-        self.context = getattr(config, "n_positions", None) or config.max_position_embeddings
+        self.context = context_length(AutoConfig.from_pretrained(path))
         self.handle = None  # the model deployment's, looked up at the first answer: the model app may start later
         self.api_key = os.environ.get("LIFECYCLE_API_KEY") or None
 
@@ -124,10 +122,9 @@ class RagServer:
                            param="max_tokens")
         prompt, used = self._fit(body.question, hits, max_tokens)
         params = Params(max_tokens=max_tokens, temperature=body.temperature)
+        model = self._model()  # outside the try: its 503 is meant for the client
         try:
-            done = await self._model().batched_generate.remote(body.model or self.model_id, prompt, params)
-        except ApiError:
-            raise
+            done = await model.batched_generate.remote(body.model or self.model_id, prompt, params)
         except Exception as e:  # the model replica failed or went away: the client gets a JSON 502, the route lives on
             raise ApiError(502, f"the model deployment failed: {type(e).__name__}", kind="server_error") from None
         citations = [{"id": i, **_hit(h), "text": text, "truncated": text != h.chunk.text}
@@ -210,20 +207,6 @@ def start(cfg: RagConfig, model: dict[str, Any], port: int, host: str = "127.0.0
     """
     serve.start(http_options={"host": host, "port": port})  # a no-op when Serve runs already
     serve.run(build(cfg, model, adapters), name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}{cfg.route_prefix}"
-    return wait_ready(url, timeout_s)
-
-
-def wait_ready(url: str, timeout_s: float = 180) -> str:
-    """Poll `{url}/health` until the route answers; returns `url`."""
-    deadline = time.time() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                if response.status == 200 and json.loads(response.read()).get("status") == "ok":
-                    return url
-        except (OSError, ValueError):
-            pass
-        if time.time() > deadline:
-            raise TimeoutError(f"the RAG route at {url} did not become ready within {timeout_s:.0f}s")
-        time.sleep(0.5)
+    url = local_url(host, port) + cfg.route_prefix
+    wait_ready(f"{url}/health", lambda body: body.get("status") == "ok", timeout_s, f"the RAG route at {url}")
+    return url

@@ -53,6 +53,23 @@ async def _invalid(request: Request, error: RequestValidationError):
     return JSONResponse(api.error_body(f"{param or 'body'}: {first['msg']}", param=param), status_code=422)
 
 
+def add_error_handlers(other: FastAPI) -> FastAPI:
+    """Answer `ApiError` and invalid bodies on `other` (a route served beside this one) as this app does."""
+    other.add_exception_handler(ApiError, _api_error)
+    other.add_exception_handler(RequestValidationError, _invalid)
+    return other
+
+
+def authorize(request: Request, api_key: str | None) -> None:
+    """Raise a 401 `ApiError` unless `api_key` is None or the request carries it as a bearer token."""
+    if api_key is None:
+        return
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+        raise ApiError(401, "missing or wrong API key (Authorization: Bearer ...)", kind="authentication_error",
+                       code="invalid_api_key")
+
+
 def build(cfg: DeployConfig, model: dict[str, Any], adapters: dict[str, dict[str, Any]]) -> serve.Application:
     """The Serve application for `model` ({id, path, metadata}) and `adapters` ({id: {path, base_path, metadata}})."""
     options: dict[str, Any] = {
@@ -221,12 +238,7 @@ class OpenAIServer:
     # --- request checks -------------------------------------------------------------------
 
     def _authorize(self, request: Request) -> None:
-        if self.api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
-            raise ApiError(401, "missing or wrong API key (Authorization: Bearer ...)", kind="authentication_error",
-                           code="invalid_api_key")
+        authorize(request, self.api_key)
 
     def _params(self, body, max_tokens: int | None) -> Params:
         if body.model != self.name and body.model not in self.adapters:

@@ -11,7 +11,7 @@ import json
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from components import storage, tracking
 from components.artifact import Artifact, StepContext
@@ -72,16 +72,26 @@ def start(cfg: DeployConfig, model: dict[str, Any], adapters: dict[str, dict[str
 
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build(cfg, model, adapters), name=cfg.app_name, route_prefix="/", blocking=False)
-    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
-    base = f"http://{host}:{cfg.port}"
+    base = local_url(cfg.host, cfg.port)
+    wait_ready(f"{base}/ready", lambda body: body.get("model") == model["id"], timeout_s, f"the endpoint at {base}")
+    return f"{base}/v1"
+
+
+def local_url(host: str, port: int) -> str:
+    """The URL this machine reaches a Serve proxy bound to `host`:`port` at."""
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+
+
+def wait_ready(url: str, ready: Callable[[dict], bool], timeout_s: float, what: str) -> None:
+    """Poll `url` until it answers 200 with a JSON body `ready` accepts; TimeoutError after `timeout_s`."""
     deadline = time.time() + timeout_s
     while True:
         try:
-            with urllib.request.urlopen(f"{base}/ready", timeout=5) as response:
-                if response.status == 200 and json.loads(response.read()).get("model") == model["id"]:
-                    return f"{base}/v1"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200 and ready(json.loads(response.read())):
+                    return
         except (OSError, ValueError):
             pass
         if time.time() > deadline:
-            raise TimeoutError(f"the endpoint at {base} did not become ready within {timeout_s:.0f}s")
-        time.sleep(1)
+            raise TimeoutError(f"{what} did not become ready within {timeout_s:.0f}s")
+        time.sleep(0.5)
