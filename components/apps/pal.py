@@ -12,26 +12,24 @@ finetune phase) that gives a model the formats.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from components.apps.config import SandboxLimits
 from components.core import react
-from components.core.metrics import exact_match
+from components.core.metrics import exact_match, exact_match_rate
 from components.core.pal import add_program, extract_program, normalize_answer
 from components.core.sandbox import RunResult, run_program
-from components.data.instructions import Example, format_prompt
+from components.data.instructions import Example, format_prompt, unformat
 
 PAL_INSTRUCTION = "Write a Python program that sets answer: {question}"
-_INSTRUCTION = re.compile(r"^### Instruction:\n(.*?)\n\n### Response:\n$", re.DOTALL)
 
 
 def instruction_of(example: Example) -> str:
     """The bare question of a bundled example ("Add 12 and 30.")."""
-    match = _INSTRUCTION.match(example.prompt)
-    if not match:
-        raise ValueError(f"not a plain instruction prompt: {example.prompt[:60]!r}")
-    return match.group(1)
+    instruction, inp = unformat(example.prompt)
+    if inp:
+        raise ValueError(f"not a plain instruction prompt (it has an input section): {example.prompt[:60]!r}")
+    return instruction
 
 
 def pal_prompt(question: str) -> str:
@@ -87,7 +85,7 @@ def measure_pal_vs_direct(client, model: str, examples: list[Example], max_token
     references = [e.response for e in examples]
     return PalScore(
         n=len(examples),
-        direct_exact_match=sum(exact_match(d, r) for d, r in zip(direct, references)) / len(examples),
+        direct_exact_match=exact_match_rate(direct, references),
         pal_exact_match=sum(run.ok and exact_match(normalize_answer(run.result), r) for run, r in zip(runs, references)) / len(examples),
         programs_refused=sum(run.refused for run in runs),
         programs_failed=sum(not run.ok and not run.refused for run in runs),

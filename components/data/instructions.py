@@ -63,7 +63,7 @@ def format_prompt(instruction: str, input: str = "") -> str:
     return text.replace(_TAIL, "\n\n" + _INPUT_SECTION.format(input=input) + "### Response:\n")
 
 
-def _unformat(prompt: str) -> tuple[str, str]:
+def unformat(prompt: str) -> tuple[str, str]:
     """(instruction, input) with format_prompt(instruction, input) == prompt, else ValueError."""
     if prompt.startswith(_HEAD) and prompt.endswith(_TAIL):
         body = prompt[len(_HEAD) : -len(_TAIL)]
@@ -318,7 +318,7 @@ def write_examples_jsonl(path: str | os.PathLike, examples: list[Example]) -> No
     """Alpaca lines plus "family", written atomically."""
     records = []
     for e in examples:
-        instruction, inp = _unformat(e.prompt)
+        instruction, inp = unformat(e.prompt)
         records.append({"instruction": instruction, "input": inp, "output": e.response, "family": e.family})
     write_records_jsonl(path, records)
 

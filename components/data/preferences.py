@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.data.corpus import DataError, _unit_hash, jsonl_records, write_records_jsonl
-from components.data.instructions import Example, _unformat, format_prompt
+from components.data.instructions import Example, unformat, format_prompt
 
 UNHELPFUL = ("I don't know.", "I cannot help with that.", "Sorry, I am not sure.", "Please ask something else.")
 Kind = Literal["corrupt", "wrong", "off_task", "unhelpful"]
@@ -161,7 +161,7 @@ def _prompt(value, where: str) -> str:
         return _messages_prompt(value, where)
     text = _text(value, where, "prompt")
     try:
-        _unformat(text)  # already in the instruction template
+        unformat(text)  # already in the instruction template
         return text
     except ValueError:
         return format_prompt(text.strip())
