@@ -121,7 +121,8 @@ def _run(args, console: Console) -> int:
     endpoints = [o.artifact.metrics["url"] for o in outcomes if o.phase == "deploy" and o.artifact]
     for o in outcomes:
         if o.phase == "deploy" and o.artifact:
-            console.print(f"endpoint: {o.artifact.metrics['served_model']} at {o.artifact.metrics['url']}", highlight=False)
+            rag = f" and RAG at {o.artifact.metrics['rag_url']}" if o.artifact.metrics.get("rag_url") else ""
+            console.print(f"endpoint: {o.artifact.metrics['served_model']} at {o.artifact.metrics['url']}{rag}", highlight=False)
     if hold:
         if endpoints:
             _hold(console, endpoints[0])
@@ -141,13 +142,14 @@ def _serve(args, console: Console) -> int:
         cfg, model, adapters = registry.prepare(args.model, settings, Path(args.workdir))
     except ValueError as e:
         raise SpecError(str(e)) from None
-    from components.deploy.step import start
+    from components.deploy.step import rag_url, start
     from workflows.engine import start_ray
 
     started = start_ray(args.address)
     url = start(cfg, model, adapters)
     meta = model["metadata"]
-    console.print(f"serving {model['id']} (models:/{meta['registered_model']}/{meta['version']}) at {url}")
+    rag = f" and RAG at {rag_url(cfg)}" if cfg.rag is not None else ""
+    console.print(f"serving {model['id']} (models:/{meta['registered_model']}/{meta['version']}) at {url}{rag}")
     if started and not args.no_wait:
         _hold(console, url)
     if started:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from components.apps.config import RagConfig
+
 
 class Autoscaling(BaseModel):
     """Ray Serve autoscaling: replicas follow the ongoing requests per replica."""
@@ -37,6 +39,9 @@ class DeployConfig(BaseModel):
     max_adapters_per_replica: int = Field(4, ge=1, description="LoRA adapters a replica keeps loaded (serve.multiplexed LRU).")
     alias: str = Field("production", description="MLflow alias set on the served model version.")
     wait: bool = Field(True, description="Locally, keep serving after the workflow ends until Ctrl-C (--no-wait overrides).")
+    rag: RagConfig | None = Field(None, description="Also serve retrieval-augmented generation over a document "
+                                  "collection at rag.route_prefix (/v1/rag), answered by this endpoint's model; "
+                                  "{} for the bundled CPython docs; None: no RAG route.")
 
     @model_validator(mode="after")
     def _check(self):
@@ -44,4 +49,11 @@ class DeployConfig(BaseModel):
             raise ValueError(f"max_tokens ({self.max_tokens}) must not exceed max_tokens_limit ({self.max_tokens_limit})")
         if self.autoscaling and self.autoscaling.min_replicas > self.autoscaling.max_replicas:
             raise ValueError("autoscaling.min_replicas must not exceed autoscaling.max_replicas")
+        if self.rag is not None:
+            if "model_app" in self.rag.model_fields_set and self.rag.model_app != self.app_name:
+                raise ValueError(f"rag.model_app ({self.rag.model_app}) must be app_name ({self.app_name}), or left out")
+            if self.rag.app_name == self.app_name:
+                raise ValueError(f"rag.app_name must differ from app_name ({self.app_name}): they are two Serve applications")
+            # The route calls this endpoint's model deployment.
+            self.rag = self.rag.model_copy(update={"model_app": self.app_name})
         return self

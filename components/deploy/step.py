@@ -31,12 +31,17 @@ def run(cfg: DeployConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Art
     if version:
         tracking.set_model_alias(ctx.tracking_uri, registered, cfg.alias, version)
         tracking.tag_model_version(ctx.tracking_uri, registered, version, {"lifecycle.endpoint": url})
-    tracking.set_tags(ctx.tracking_uri, ctx.run_id, {"lifecycle.endpoint": url, "lifecycle.served_model": served})
-    info = {"url": url, "served_model": served, "app_name": cfg.app_name, **metadata, "alias": cfg.alias}
+    tags = {"lifecycle.endpoint": url, "lifecycle.served_model": served}
+    if cfg.rag is not None:
+        tags["lifecycle.rag_endpoint"] = rag_url(cfg)
+    tracking.set_tags(ctx.tracking_uri, ctx.run_id, tags)
+    info = {"url": url, "served_model": served, "app_name": cfg.app_name, **metadata, "alias": cfg.alias,
+            **({"rag_url": rag_url(cfg), "rag_app_name": cfg.rag.app_name} if cfg.rag is not None else {})}
     (ctx.output_dir / "endpoint.json").write_text(json.dumps(info, indent=1))
     tracking.log_dict(ctx.tracking_uri, ctx.run_id, info, "endpoint.json")
+    rag = f", RAG at {rag_url(cfg)}" if cfg.rag is not None else ""
     return Artifact(str(ctx.output_dir), "endpoint", ctx.run_id, ctx.cache_key, info,
-                    f"serving {served} v{version} at {url} (alias {cfg.alias})")
+                    f"serving {served} v{version} at {url} (alias {cfg.alias}){rag}")
 
 
 def adapters_of(model_uri: str, served: str, metadata: dict) -> dict[str, dict[str, Any]]:
@@ -65,7 +70,8 @@ def adapters_of(model_uri: str, served: str, metadata: dict) -> dict[str, dict[s
 
 
 def start(cfg: DeployConfig, model: dict[str, Any], adapters: dict[str, dict[str, Any]], timeout_s: float = 180) -> str:
-    """Deploy (or redeploy) the Serve application; returns the API's base URL once it answers."""
+    """Deploy (or redeploy) the Serve application, and its RAG route when `cfg.rag` is set; returns the API's
+    base URL once it answers (the route's URL is `rag_url(cfg)`)."""
     from ray import serve
 
     from components.deploy.app import build
@@ -74,7 +80,16 @@ def start(cfg: DeployConfig, model: dict[str, Any], adapters: dict[str, dict[str
     serve.run(build(cfg, model, adapters), name=cfg.app_name, route_prefix="/", blocking=False)
     base = local_url(cfg.host, cfg.port)
     wait_ready(f"{base}/ready", lambda body: body.get("model") == model["id"], timeout_s, f"the endpoint at {base}")
+    if cfg.rag is not None:
+        from components.apps import rag
+
+        rag.start(cfg.rag, model, cfg.port, cfg.host, timeout_s, adapters=list(adapters))
     return f"{base}/v1"
+
+
+def rag_url(cfg: DeployConfig) -> str | None:
+    """The URL of the endpoint's RAG route, None when it has none."""
+    return local_url(cfg.host, cfg.port) + cfg.rag.route_prefix if cfg.rag is not None else None
 
 
 def local_url(host: str, port: int) -> str:

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import httpx
 import mlflow
 import openai
 import pytest
@@ -137,12 +138,17 @@ def test_tiny_spec_end_to_end_serves_and_gates_a_regression(tiny_run):
     assert ask_endpoint(out.stdout, "tiny-finetune-adapter").choices[0].text is not None  # LoRA over the base, multiplexed
 
     assert ask_endpoint(out.stdout, "tiny-finetune").usage.completion_tokens >= 1
+    # The deploy step's RAG route answers from the same model and cites the bundled docs.
+    rag_url = next(word for word in out.stdout.split() if word.startswith("http://") and word.endswith("/v1/rag"))
+    rag = httpx.post(rag_url, json={"question": "What does the pass statement do?", "k": 2, "max_tokens": 4}, timeout=60)
+    assert rag.status_code == 200 and rag.json()["citations"][0]["source"] == "pass.txt", rag.text
     runs = json.loads(lifecycle("status", "--workdir", str(tmp_path), "--json").stdout)
     uri = tracking.tracking_uri_for(tmp_path)
     assert tracking.model_version_by_alias(uri, "tiny-finetune", "production")["version"] == "1"
     report = lifecycle("report", runs[0]["run_id"], "--workdir", str(tmp_path), "--html", str(tmp_path / "r.html"))
     assert report.returncode == 0 and "response_nll" in report.stdout and "<img" in (tmp_path / "r.html").read_text()
     assert "size_quality.png" in [a.path for a in client.list_artifacts(runs[0]["run_id"])]
+    delete_serve_app("lifecycle-rag")
     delete_serve_app("lifecycle")  # its replica's CPU is needed for training again
 
     # A barely trained model must not replace the deployed one (the same spec without the steps

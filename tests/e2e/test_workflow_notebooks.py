@@ -24,6 +24,7 @@ def test_quickstart_and_lineage_notebooks_run_top_to_bottom_on_the_tiny_run(tiny
     assert "completion:" in text and "tiny-finetune-adapter" in text and notebook_images(nb) >= 2
     status = json.loads(lifecycle("status", "--workdir", workdir, "--json").stdout)  # the CLI sees the notebook's run
     assert status[0]["workflow"] == "tiny" and status[0]["status"] == "FINISHED"
+    delete_serve_app("lifecycle-rag")
     delete_serve_app("lifecycle")  # its replica's CPU is needed by the tests that follow
 
     # Lineage and compression read the same run: no training.

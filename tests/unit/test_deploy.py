@@ -79,3 +79,13 @@ def test_deploy_config_checks():
         DeployConfig(max_tokens=512)
     with pytest.raises(ValidationError, match="min_replicas"):
         DeployConfig(autoscaling={"min_replicas": 3, "max_replicas": 2})
+
+
+def test_deploy_config_rag_route_calls_this_endpoints_model():
+    cfg = DeployConfig(app_name="chat", rag={})
+    assert cfg.rag.model_app == "chat" and cfg.rag.route_prefix == "/v1/rag"
+    assert DeployConfig().rag is None
+    with pytest.raises(ValidationError, match="rag.model_app"):
+        DeployConfig(app_name="chat", rag={"model_app": "other"})
+    with pytest.raises(ValidationError, match="rag.app_name must differ"):
+        DeployConfig(rag={"app_name": "lifecycle"})
