@@ -17,6 +17,7 @@ import asyncio
 import hmac
 import json
 import os
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -27,7 +28,7 @@ from ray import serve
 from components.core.models import context_length
 from components.deploy import api
 from components.deploy.config import DeployConfig
-from components.deploy.generation import Completion, Params, count_tokens, generate, stream
+from components.deploy.generation import Completion, Params, batch_wait_s, count_tokens, generate, stream
 from components.storage import localize
 
 
@@ -138,7 +139,7 @@ class OpenAIServer:
         self.batch_size = metrics.Histogram("lifecycle_batch_size", description="Requests per generate batch.",
                                             boundaries=[1, 2, 4, 8, 16, 32, 64])
         self.batched_generate.set_max_batch_size(self.cfg.max_batch_size)
-        self.batched_generate.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
+        self.last_batch = (0, 0.0)  # (requests, time.monotonic() at its end): sets the next batch's wait
 
     # --- routes ---------------------------------------------------------------------------
 
@@ -167,6 +168,7 @@ class OpenAIServer:
                 raise ApiError(400, "stream supports one prompt and n=1", param="stream")
             return self._sse(body.model, prompts[0], params, chat=False)
         with self._slot():
+            self._set_batch_wait()
             done = await asyncio.gather(*(self.batched_generate(body.model, p, params) for p in prompts for _ in range(body.n)))
         return api.completion_body(body.model, [(c.text, c.finish_reason) for c in done], _usage(done, body.n))
 
@@ -184,12 +186,13 @@ class OpenAIServer:
                 raise ApiError(400, "stream supports n=1", param="stream")
             return self._sse(body.model, prompt, params, chat=True)
         with self._slot():
+            self._set_batch_wait()
             done = await asyncio.gather(*(self.batched_generate(body.model, prompt, params) for _ in range(body.n)))
         return api.chat_body(body.model, [(c.text, c.finish_reason) for c in done], _usage(done, body.n))
 
     # --- batching and models ----------------------------------------------------------------
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)  # both set from the config in __init__
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)  # size set from the config in __init__, wait per request
     async def batched_generate(self, models: list[str], prompts: list[str], params: list[Params]) -> list[Completion]:
         """A dynamic batch: one generate call per (model, sampling setting); seeded requests alone."""
         groups: dict[tuple, list[int]] = {}
@@ -206,7 +209,13 @@ class OpenAIServer:
             for i, c in zip(rows, out):
                 results[i] = c
             self.generated_tokens.inc(sum(c.completion_tokens for c in out), tags={"model": model_id})
+        self.last_batch = (len(prompts), time.monotonic())
         return results
+
+    def _set_batch_wait(self) -> None:
+        """Before a request joins the batch queue: wait for a fuller batch only under concurrent load."""
+        size, ended = self.last_batch
+        self.batched_generate.set_batch_wait_timeout_s(batch_wait_s(size, time.monotonic() - ended, self.cfg.batch_wait_timeout_s))
 
     def _run(self, model, model_id: str, prompts: list[str], params: Params) -> list[Completion]:
         if model is self.peft:

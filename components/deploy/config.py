@@ -30,8 +30,8 @@ class DeployConfig(BaseModel):
     gpus_per_replica: float = Field(0.0, ge=0, description="GPUs each replica reserves.")
     max_batch_size: int = Field(8, ge=1, description="Requests merged into one generate call (serve.batch); 1 disables batching.")
     batch_wait_timeout_s: float = Field(
-        0.0, ge=0, description="How long a batch waits to fill, in seconds; 0: batch what queued while the last batch ran, "
-        "so a lone request is not delayed.")
+        0.02, ge=0, description="Under concurrent load (the last batch held more than one request), how long a batch "
+        "waits to fill, in seconds; a request to an idle or single-client server starts at once.")
     max_ongoing_requests: int = Field(16, ge=1, description="Requests a replica works on at once; more wait in Serve's queue.")
     max_queued_requests: int = Field(32, ge=0, description="Requests waiting per deployment before Serve answers 503.")
     max_tokens: int = Field(64, ge=1, description="Default max_tokens of a request that sets none.")

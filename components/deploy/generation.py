@@ -43,6 +43,18 @@ def _sampling(params: Params, tokenizer) -> dict:
     return {**kwargs, "do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
 
 
+def batch_wait_s(last_batch_size: int, since_last_s: float, wait_s: float, busy_window_s: float = 1.0) -> float:
+    """How long the next dynamic batch waits to fill, in seconds.
+
+    Under concurrent load, clients whose answers just came back send their next requests a few
+    milliseconds apart, and a batch that started with the first of them would run nearly alone
+    (16 clients settle into batches of 1 and 15). So the batch waits `wait_s` for them when the
+    last batch held more than one request and ended under `busy_window_s` ago; otherwise (an
+    idle server, or one client at a time) it starts at once and adds no latency.
+    """
+    return wait_s if last_batch_size > 1 and since_last_s < busy_window_s else 0.0
+
+
 def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
     """The text before the earliest stop string, and whether one was found."""
     hits = [i for i in (text.find(s) for s in stops) if i >= 0]

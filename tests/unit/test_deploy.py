@@ -89,3 +89,12 @@ def test_deploy_config_rag_route_calls_this_endpoints_model():
         DeployConfig(app_name="chat", rag={"model_app": "other"})
     with pytest.raises(ValidationError, match="rag.app_name must differ"):
         DeployConfig(rag={"app_name": "lifecycle"})
+
+
+def test_a_batch_waits_to_fill_only_under_concurrent_load():
+    from components.deploy.generation import batch_wait_s
+
+    assert batch_wait_s(last_batch_size=0, since_last_s=1e9, wait_s=0.02) == 0.0  # a fresh server
+    assert batch_wait_s(1, 0.005, 0.02) == 0.0  # one client at a time: no added latency
+    assert batch_wait_s(12, 0.005, 0.02) == 0.02  # concurrent clients coming back for more
+    assert batch_wait_s(12, 5.0, 0.02) == 0.0  # the load has passed
