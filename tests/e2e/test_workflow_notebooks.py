@@ -1,4 +1,4 @@
-"""The quickstart and lineage notebooks, executed top to bottom by a real Jupyter kernel against the
+"""The quickstart, lineage and applications notebooks, executed top to bottom by a real Jupyter kernel against the
 tiny workflow's run that the end-to-end test made (the sweep notebook runs in tests/integration/test_sweep.py,
 against the sweep that test made). A failing cell fails the test."""
 
@@ -10,7 +10,7 @@ from components import tracking
 from tests.conftest import ROOT, delete_serve_app, execute_notebook, lifecycle, notebook_images, notebook_text
 
 
-def test_quickstart_and_lineage_notebooks_run_top_to_bottom_on_the_tiny_run(tiny_run, ray_address, serve_port):
+def test_quickstart_lineage_and_applications_notebooks_run_top_to_bottom_on_the_tiny_run(tiny_run, ray_address, serve_port):
     workdir = str(tiny_run.workdir)
     uri = tracking.tracking_uri_for(tiny_run.workdir)
 
@@ -33,7 +33,14 @@ def test_quickstart_and_lineage_notebooks_run_top_to_bottom_on_the_tiny_run(tiny
     text = notebook_text(nb)
     assert "eval-finetune (evaluate)" in text and "corpus/train" in text and notebook_images(nb) >= 1
 
+    # The applications on the fine-tuned model: the RAG route, PAL against direct answers, ReAct, LangChain.
+    nb, seconds = execute_notebook("04_applications.ipynb", WORKDIR=workdir, ADDRESS=ray_address, PORT=serve_port)
+    print(f"04_applications: {seconds:.0f}s")
+    text = notebook_text(nb)
+    assert "'recall@3': 0.95" in text and "pal_exact_match=" in text and "| stopped:" in text, text[-3000:]
 
-@pytest.mark.parametrize("name", ["01_quickstart.ipynb", "02_lora_rank_sweep.ipynb", "03_lineage_and_compression.ipynb"])
+
+@pytest.mark.parametrize("name", ["01_quickstart.ipynb", "02_lora_rank_sweep.ipynb", "03_lineage_and_compression.ipynb",
+                                  "04_applications.ipynb"])
 def test_the_readme_links_every_notebook(name):
     assert (ROOT / "notebooks" / name).exists() and f"](notebooks/{name})" in (ROOT / "README.md").read_text()
