@@ -8,8 +8,9 @@ it into docs/benchmarks.md):
 1. latency: p50 of one short greedy request (8 new tokens) through HTTP + Serve, against the same
    `generate` call in this process, 100 of each in 5 alternating turns; the difference is what
    Serve adds.
-2. throughput: 16 concurrent clients, the same requests (32 new tokens each), with
-   `max_batch_size` 16 against 1 (batching off); requests per second and the ratio. This one
+2. throughput: 1, 4, 16 and 32 concurrent clients, the same requests (32 new tokens each), with
+   `max_batch_size` 16 against 1 (batching off); requests per second, their ratio and the
+   requests' p50 / p95 / p99 latency (the main table quotes 16 clients). This one
    uses an 11M-parameter model (6 layers, width 384): with the 1M tiny model, HTTP handling,
    not generation, is most of a request's cost on 2 cores and batching has little to win.
 3. load: REQUESTS requests at CONCURRENCY clients against a small queue; every status code is
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
+CLIENTS = (1, 4, 16, 32)
 PROMPT = "### Instruction:\nReverse the words: cat dog sun\n\n### Response:\n"
 
 
@@ -140,16 +142,18 @@ def main() -> int:
                      f"+{(served - direct) * 1000:.1f} ms"))
 
         wide = args.model or tiny_model(Path(tempfile.mkdtemp(prefix="bench-model-")), n_layer=6, n_embd=384, n_head=6)
-        n = 96
-        url = deploy(wide, args.port, max_batch_size=16, max_ongoing_requests=32)
-        asyncio.run(_fire(url, 4, 1))
-        seconds_batched, codes_b, _ = asyncio.run(_fire(url, n, 16, max_tokens=32))
-        url = deploy(wide, args.port, max_batch_size=1, max_ongoing_requests=32)
-        asyncio.run(_fire(url, 4, 1))
-        seconds_single, codes_s, _ = asyncio.run(_fire(url, n, 16, max_tokens=32))
-        assert codes_b == codes_s == Counter({200: n}), (codes_b, codes_s)
-        rows.append(("throughput, 16 clients, 32 tokens, 11M model", f"{n / seconds_single:.2f} req/s unbatched", f"{n / seconds_batched:.2f} req/s batched",
-                     f"x{seconds_single / seconds_batched:.2f}"))
+        sweep = {}  # (batch size, clients) -> (requests per second, latencies of the 200s)
+        for batch in (16, 1):
+            url = deploy(wide, args.port, max_batch_size=batch, max_ongoing_requests=32)
+            asyncio.run(_fire(url, 4, 1))
+            for clients in CLIENTS:
+                n = max(12, 3 * clients)
+                seconds, codes, latencies = asyncio.run(_fire(url, n, clients, max_tokens=32))
+                assert codes == Counter({200: n}), (batch, clients, codes)
+                sweep[batch, clients] = (n / seconds, latencies)
+        batched, single = sweep[16, 16][0], sweep[1, 16][0]
+        rows.append(("throughput, 16 clients, 32 tokens, 11M model", f"{single:.2f} req/s unbatched", f"{batched:.2f} req/s batched",
+                     f"x{batched / single:.2f}"))
 
         url = deploy(model_dir, args.port, max_batch_size=16, max_ongoing_requests=16, max_queued_requests=16)
         asyncio.run(_fire(url, 10, 1))
@@ -166,7 +170,19 @@ def main() -> int:
     print("| measure | baseline | measured | result |\n|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+    print("\nBy concurrency (11M model, 32 new tokens, max(12, 3 x clients) requests a cell; latency of each request, ms):\n")
+    print("| clients | unbatched req/s | batched req/s | batched vs unbatched | unbatched p50 / p95 / p99 | batched p50 / p95 / p99 |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for clients in CLIENTS:
+        (single, lat_s), (batched, lat_b) = sweep[1, clients], sweep[16, clients]
+        print(f"| {clients} | {single:.2f} | {batched:.2f} | x{batched / single:.2f} | {_percentiles(lat_s)} | {_percentiles(lat_b)} |")
     return 0
+
+
+def _percentiles(latencies: list[float]) -> str:
+    """p50 / p95 / p99 in milliseconds."""
+    q = statistics.quantiles(latencies, n=100, method="inclusive")
+    return " / ".join(f"{v * 1000:.0f}" for v in (statistics.median(latencies), q[94], q[98]))
 
 
 if __name__ == "__main__":
