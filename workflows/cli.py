@@ -148,8 +148,9 @@ def _serve(args, console: Console) -> int:
     started = start_ray(args.address)
     url = start(cfg, model, adapters)
     meta = model["metadata"]
-    rag = f" and RAG at {rag_url(cfg)}" if cfg.rag is not None else ""
-    console.print(f"serving {model['id']} (models:/{meta['registered_model']}/{meta['version']}) at {url}{rag}")
+    rag = rag_url(cfg)
+    console.print(f"serving {model['id']} (models:/{meta['registered_model']}/{meta['version']}) at {url}"
+                  + (f" and RAG at {rag}" if rag else ""))
     if started and not args.no_wait:
         _hold(console, url)
     if started:

@@ -31,17 +31,15 @@ def run(cfg: DeployConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Art
     if version:
         tracking.set_model_alias(ctx.tracking_uri, registered, cfg.alias, version)
         tracking.tag_model_version(ctx.tracking_uri, registered, version, {"lifecycle.endpoint": url})
-    tags = {"lifecycle.endpoint": url, "lifecycle.served_model": served}
-    if cfg.rag is not None:
-        tags["lifecycle.rag_endpoint"] = rag_url(cfg)
+    rag = rag_url(cfg)
+    tags = {"lifecycle.endpoint": url, "lifecycle.served_model": served, **({"lifecycle.rag_endpoint": rag} if rag else {})}
     tracking.set_tags(ctx.tracking_uri, ctx.run_id, tags)
     info = {"url": url, "served_model": served, "app_name": cfg.app_name, **metadata, "alias": cfg.alias,
-            **({"rag_url": rag_url(cfg), "rag_app_name": cfg.rag.app_name} if cfg.rag is not None else {})}
+            **({"rag_url": rag, "rag_app_name": cfg.rag.app_name} if rag else {})}
     (ctx.output_dir / "endpoint.json").write_text(json.dumps(info, indent=1))
     tracking.log_dict(ctx.tracking_uri, ctx.run_id, info, "endpoint.json")
-    rag = f", RAG at {rag_url(cfg)}" if cfg.rag is not None else ""
     return Artifact(str(ctx.output_dir), "endpoint", ctx.run_id, ctx.cache_key, info,
-                    f"serving {served} v{version} at {url} (alias {cfg.alias}){rag}")
+                    f"serving {served} v{version} at {url} (alias {cfg.alias})" + (f", RAG at {rag}" if rag else ""))
 
 
 def adapters_of(model_uri: str, served: str, metadata: dict) -> dict[str, dict[str, Any]]:

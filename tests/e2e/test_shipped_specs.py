@@ -28,9 +28,14 @@ def loss_history(workdir, step):
     return [m.value for m in client.get_metric_history(step_run(workdir, step).info.run_id, "loss")]
 
 
+def printed_url(out: str, path: str) -> str:
+    """The first URL in the run's output that ends with `path`."""
+    return next(word for word in out.split() if word.startswith("http://") and word.endswith(path))
+
+
 def ask_endpoint(out: str, model: str) -> openai.types.Completion:
     """The endpoint the run printed, asked one greedy completion with the official client."""
-    url = next(word for word in out.split() if word.startswith("http://") and word.endswith("/v1"))
+    url = printed_url(out, "/v1")
     client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
     assert model in [m.id for m in client.models.list().data]
     return client.completions.create(model=model, prompt="### Instruction:\nCount the words: cat dog sun\n\n### Response:\n",
@@ -139,7 +144,7 @@ def test_tiny_spec_end_to_end_serves_and_gates_a_regression(tiny_run):
 
     assert ask_endpoint(out.stdout, "tiny-finetune").usage.completion_tokens >= 1
     # The deploy step's RAG route answers from the same model and cites the bundled docs.
-    rag_url = next(word for word in out.stdout.split() if word.startswith("http://") and word.endswith("/v1/rag"))
+    rag_url = printed_url(out.stdout, "/v1/rag")
     rag = httpx.post(rag_url, json={"question": "What does the pass statement do?", "k": 2, "max_tokens": 4}, timeout=60)
     assert rag.status_code == 200 and rag.json()["citations"][0]["source"] == "pass.txt", rag.text
     runs = json.loads(lifecycle("status", "--workdir", str(tmp_path), "--json").stdout)
