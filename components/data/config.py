@@ -33,6 +33,11 @@ class DataConfig(BaseModel):
     min_chars: int = Field(
         1, ge=1, description="Drop documents shorter than this many characters after stripping whitespace."
     )
+    primer_documents: int = Field(
+        0, ge=0,
+        description="Add this many generated everyday-English documents (components/data/primer.py: the words, "
+        "glossary, sums and record layouts the bundled instruction tasks use) to the source's; 0 adds none.",
+    )
 
 
 class TokenizerConfig(BaseModel):

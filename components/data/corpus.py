@@ -164,7 +164,8 @@ def _load_path(path: Path, text_field: str) -> list[str]:
 
 
 def load_documents(cfg: DataConfig) -> list[str]:
-    """Documents of `cfg.source`, minus those under `cfg.min_chars` (stripped), capped at `cfg.max_documents`."""
+    """Documents of `cfg.source`, minus those under `cfg.min_chars` (stripped), capped at `cfg.max_documents`,
+    then `cfg.primer_documents` generated primer documents."""
     if cfg.source == "python-docs":
         docs = python_docs_corpus()
     elif cfg.source.startswith("hf:"):
@@ -174,6 +175,10 @@ def load_documents(cfg: DataConfig) -> list[str]:
     docs = [d for d in docs if len(d.strip()) >= cfg.min_chars]
     if cfg.max_documents is not None:
         docs = docs[: cfg.max_documents]
+    if cfg.primer_documents:
+        from components.data.primer import primer_documents  # here: it needs instructions, which imports this module
+
+        docs += primer_documents(cfg.primer_documents, cfg.seed)
     if not docs:
         raise DataError(f"{cfg.source}: no documents with at least {cfg.min_chars} characters")
     return docs

@@ -21,7 +21,7 @@ def test_quickstart_lineage_and_applications_notebooks_run_top_to_bottom_on_the_
     states = [s["state"] for s in tracking.recent_workflows(uri, limit=1)[0]["steps"]]
     assert states == ["cached"] * 18 + ["done"], states
     text = notebook_text(nb)
-    assert "completion:" in text and "tiny-finetune-adapter" in text and notebook_images(nb) >= 2
+    assert "completion:" in text and "tiny-finetune" in text and notebook_images(nb) >= 2
     status = json.loads(lifecycle("status", "--workdir", workdir, "--json").stdout)  # the CLI sees the notebook's run
     assert status[0]["workflow"] == "tiny" and status[0]["status"] == "FINISHED"
     delete_serve_app("lifecycle-rag")

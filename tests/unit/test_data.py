@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -228,3 +229,22 @@ def test_pack_shapes_and_eos_separation(tok):
     assert full == ids[0] + [eos] + ids[1] + [eos] + ids[2] + [eos]
     assert blocks.ravel().tolist() == full[: blocks.size]
     assert tokenize_and_pack(docs, tok, block_size=total + 1).shape == (0, total + 1)
+
+
+def test_primer_adds_the_task_vocabulary_but_no_instruction_or_skill(corpus):
+    from components.data.instructions import DICTIONARY, PROMPT_TEMPLATE
+    from components.data.primer import primer_documents
+
+    docs = load_documents(DataConfig(primer_documents=60))
+    assert docs[: len(corpus)] == corpus and len(docs) == len(corpus) + 60
+    primer = "\n".join(docs[len(corpus):])
+    assert primer_documents(60) == docs[len(corpus):] and primer_documents(60, seed=1) != docs[len(corpus):]
+    glossary = re.findall(r"In (French|Spanish), (\w+) is (\w+)\.", primer)
+    assert len(glossary) > 20 and all(DICTIONARY[en][lang == "Spanish"] == word for lang, en, word in glossary)
+    sums = re.findall(r"(\d+) plus (\d+) is (\d+)\.", primer)
+    assert sums and all(int(a) + int(b) == int(c) for a, b, c in sums)
+    assert sum(w in primer for en, (fr, es) in DICTIONARY.items() for w in (fr, es)) > 40
+    # Knowledge, not the tasks: no template, no instruction wording, no reversed or sorted lists.
+    assert "###" not in primer and PROMPT_TEMPLATE.split("{")[0] not in primer
+    for wording in ("Reverse", "Sort", "Translate", "Count the", "Summarize", "What is the", "alphabetical"):
+        assert wording not in primer

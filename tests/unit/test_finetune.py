@@ -120,10 +120,16 @@ def test_every_method_trains_only_its_parameters_and_lowers_the_loss(tokenizer, 
     assert losses[-1] < losses[0], (method, losses[0], losses[-1])
 
 
-def test_lora_share_on_the_tiny_default_model_is_under_two_percent():
+@pytest.mark.parametrize("lora", [{}, {"r": 4, "alpha": 8, "target_modules": ["c_attn", "mlp.c_proj"]}])
+def test_lora_on_the_tiny_default_model_trains_under_2_percent_and_saves_under_5_percent(tmp_path, lora):
     model = build_causal_lm(ModelConfig(), 2048, 1, 0, 2)
-    trainable, total = trainable_parameters(apply(model, "lora"))
+    model.save_pretrained(tmp_path / "model")
+    adapted = apply(model, "lora", **lora)
+    trainable, total = trainable_parameters(adapted)
     assert trainable / total < 0.02, trainable / total
+    adapted.save_pretrained(tmp_path / "adapter")
+    adapter_bytes = (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size
+    assert adapter_bytes / (tmp_path / "model" / "model.safetensors").stat().st_size < 0.05
 
 
 def test_adapter_saves_as_small_safetensors_and_reloads(tokenizer, tmp_path):
