@@ -82,6 +82,11 @@ def app(args: dict[str, Any]):
     own (``http_options`` of the Serve config), so those two fields are ignored here.
     """
     settings = dict(args or {})
+    if settings.get("rag") is not None:
+        # One import path builds one application, and the RAG route is a second one: accepting the
+        # field here would silently serve no route.
+        raise ValueError("serve args: field 'rag': not supported in a Serve config (RayService); start the route "
+                         "with `lifecycle serve MODEL rag={}` or the deploy step's `rag` option")
     ref = settings.pop("model", None)
     if not isinstance(ref, str) or not ref:
         raise ValueError("serve args: field 'model': required, e.g. models:/NAME@production")

@@ -378,6 +378,8 @@ def test_serve_builder_rejects_bad_args_naming_the_field():
         registry.app({"model": "models:/m/1", "max_batch_sise": 4})
     with pytest.raises(ValueError, match="field 'gpus_per_replica'"):
         registry.app({"model": "models:/m/1", "gpus_per_replica": -1})
+    with pytest.raises(ValueError, match="field 'rag': not supported in a Serve config"):
+        registry.app({"model": "models:/m/1", "rag": {}})
 
 
 # --- MLflow --------------------------------------------------------------------------------------
