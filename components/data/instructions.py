@@ -80,14 +80,14 @@ WORDS = (
     "apple bird boat book cake car cat chair cloud cup desk dog door egg fish flag frog hat hill "
     "horse house key kite lamp leaf lion moon nest pen pig rain ring road rock rose ship shoe star sun tree"
 ).split()
-_FIELDS = {
+FIELDS = {
     "name": "Ada Bob Cleo Dan Eve Finn Gus Hana Ivan Jo Kim Leo Mia Nora Omar Pia".split(),
     "city": "Rome Paris Oslo Lima Cairo Tokyo Delhi Quito Berlin Madrid Dublin Seoul".split(),
     "color": "red blue green black white pink gray brown".split(),
     "pet": "cat dog fish bird frog horse pig lion".split(),
 }
-_VERBS = "runs sleeps eats jumps sings swims waits falls".split()
-_ADJECTIVES = "big small red blue old new warm cold".split()
+VERBS = "runs sleeps eats jumps sings swims waits falls".split()
+ADJECTIVES = "big small red blue old new warm cold".split()
 # English -> (French, Spanish): a word-for-word gloss, so every prompt has one exact answer.
 DICTIONARY = {
     en: (fr, es)
@@ -100,7 +100,7 @@ DICTIONARY = {
         "hand main mano, cheese fromage queso, wine vin vino"
     ).split(", "))
 }
-_LANGUAGES = ("French", "Spanish")
+LANGUAGES = ("French", "Spanish")
 
 # Each generator draws one task: (instruction, input, response).
 Task = tuple[str, str, str]
@@ -127,27 +127,29 @@ def _count(rng: random.Random) -> Task:
 
 
 def _copy_field(rng: random.Random) -> Task:
-    fields = rng.sample(list(_FIELDS), rng.randint(2, 3))
-    record = {f: rng.choice(_FIELDS[f]) for f in fields}
+    fields = rng.sample(list(FIELDS), rng.randint(2, 3))
+    record = {f: rng.choice(FIELDS[f]) for f in fields}
     asked = rng.choice(fields)
     return f"What is the {asked}?", "; ".join(f"{k}: {v}" for k, v in record.items()), record[asked]
 
 
+def sentence(rng: random.Random) -> str:
+    """One short sentence over the task words: "The cat sleeps." or "The car is red."."""
+    return (f"The {rng.choice(WORDS)} {rng.choice(VERBS)}." if rng.random() < 0.5
+            else f"The {rng.choice(WORDS)} is {rng.choice(ADJECTIVES)}.")
+
+
 def _first_sentence(rng: random.Random) -> Task:
-    first, second = (
-        f"The {rng.choice(WORDS)} {rng.choice(_VERBS)}." if rng.random() < 0.5
-        else f"The {rng.choice(WORDS)} is {rng.choice(_ADJECTIVES)}."
-        for _ in range(2)
-    )
+    first, second = sentence(rng), sentence(rng)
     # The reference "summary" is the lead sentence (the lead-1 baseline), so it is exact.
     return "Summarize in one sentence.", f"{first} {second}", first
 
 
 def _translate(rng: random.Random) -> Task:
-    lang = rng.randrange(len(_LANGUAGES))
+    lang = rng.randrange(len(LANGUAGES))
     words = rng.sample(list(DICTIONARY), rng.randint(2, 3))
     answer = " ".join(DICTIONARY[w][lang] for w in words)
-    return f"Translate to {_LANGUAGES[lang]}: {' '.join(words)}", "", answer
+    return f"Translate to {LANGUAGES[lang]}: {' '.join(words)}", "", answer
 
 
 FAMILIES: dict[str, Callable[[random.Random], Task]] = {

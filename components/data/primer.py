@@ -3,8 +3,9 @@
 A language model learns words and facts in pretraining and how to follow instructions in
 fine-tuning. The bundled CPython docs never mention a horse, "chien" or what 23 plus 17 is,
 so a model pretrained on them alone must learn the tasks' vocabulary during instruction
-tuning, which a small model does poorly (translation and arithmetic stayed under 10% exact
-match). This primer puts that knowledge where it belongs, in the pretraining text:
+tuning, which a small model does poorly (translation reached 6% exact match without the
+primer, 26-39% with it; sums stayed hard either way). This primer puts that knowledge where
+it belongs, in the pretraining text:
 
 - short stories over the tasks' nouns, verbs and adjectives ("The cat sleeps. The car is red."),
 - a French / Spanish glossary, one word at a time ("In French, cat is chat."),
@@ -21,24 +22,20 @@ from __future__ import annotations
 
 import random
 
-from components.data.instructions import _ADJECTIVES, _FIELDS, _LANGUAGES, _VERBS, DICTIONARY, WORDS
+from components.data.instructions import DICTIONARY, FIELDS, LANGUAGES, WORDS, sentence
 
 _NUMBER_WORDS = "zero one two three four five six seven eight nine ten".split()
 
 
 def _story(rng: random.Random) -> str:
-    return " ".join(
-        f"The {rng.choice(WORDS)} {rng.choice(_VERBS)}." if rng.random() < 0.5
-        else f"The {rng.choice(WORDS)} is {rng.choice(_ADJECTIVES)}."
-        for _ in range(3)
-    )
+    return " ".join(sentence(rng) for _ in range(3))
 
 
 def _glossary(rng: random.Random) -> str:
-    word, first = rng.choice(list(DICTIONARY)), rng.randrange(len(_LANGUAGES))
+    word, first = rng.choice(list(DICTIONARY)), rng.randrange(len(LANGUAGES))
     other = 1 - first
-    return (f"In {_LANGUAGES[first]}, {word} is {DICTIONARY[word][first]}. "
-            f"The {word} in {_LANGUAGES[other]} is {DICTIONARY[word][other]}.")
+    return (f"In {LANGUAGES[first]}, {word} is {DICTIONARY[word][first]}. "
+            f"The {word} in {LANGUAGES[other]} is {DICTIONARY[word][other]}.")
 
 
 def _sum(rng: random.Random) -> str:
@@ -47,8 +44,8 @@ def _sum(rng: random.Random) -> str:
 
 
 def _record(rng: random.Random) -> str:
-    fields = rng.sample(list(_FIELDS), rng.randint(2, 4))
-    return "; ".join(f"{f}: {rng.choice(_FIELDS[f])}" for f in fields)
+    fields = rng.sample(list(FIELDS), rng.randint(2, 4))
+    return "; ".join(f"{f}: {rng.choice(FIELDS[f])}" for f in fields)
 
 
 def _list(rng: random.Random) -> str:
@@ -58,8 +55,8 @@ def _list(rng: random.Random) -> str:
 
 
 def _people(rng: random.Random) -> str:
-    return (f"{rng.choice(_FIELDS['name'])} lives in {rng.choice(_FIELDS['city'])} "
-            f"with a {rng.choice(_FIELDS['color'])} {rng.choice(_FIELDS['pet'])}.")
+    return (f"{rng.choice(FIELDS['name'])} lives in {rng.choice(FIELDS['city'])} "
+            f"with a {rng.choice(FIELDS['color'])} {rng.choice(FIELDS['pet'])}.")
 
 
 KINDS = (_story, _glossary, _sum, _record, _list, _people)
