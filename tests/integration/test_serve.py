@@ -142,3 +142,15 @@ def test_overload_is_refused_with_429_or_503_and_the_server_survives(endpoint):
     assert codes.count(200) > 0 and codes.count(429) + codes.count(503) > 0, codes
     assert all(retry == "1" for code, retry in results if code == 429)
     assert httpx.post(f"{url}/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 4}, headers=headers).status_code == 200
+
+
+def test_haproxy_answers_on_the_serve_port_as_under_lifecycle_run(endpoint, serve_port):
+    """The ingress `lifecycle run` starts on its embedded Ray, and the one docs/benchmarks.md measures:
+    HAProxy (from ray[serve]) in front of the replica's own HTTP server, not Serve's Python proxy actor."""
+    import psutil
+
+    from workflows.engine import LOCAL_SERVE_ENV
+
+    assert all(os.environ.get(k) == v for k, v in LOCAL_SERVE_ENV.items()), "tests/conftest.py sets what start_ray sets"
+    listeners = {c.pid for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == serve_port}
+    assert listeners and {psutil.Process(pid).name() for pid in listeners} == {"haproxy"}, listeners
