@@ -110,20 +110,24 @@ def run_reward(cfg: RewardConfig, inputs: dict[str, Artifact], ctx: StepContext)
     base, pairs, tokenizer, encoded = _tokenized(inputs, ctx)
     test = pairs["test"][: cfg.test_pairs]
 
+    def judge(model, suffix: str) -> dict[str, float]:
+        """Held-out pair accuracy, overall and per kind, and the mean scores."""
+        chosen, rejected = score_pairs(model, tokenizer, test)
+        scores = _by_kind(list(chosen > rejected), test, f"test_accuracy{suffix}")
+        scores.update({f"test_margin{suffix}": float(np.mean(chosen - rejected)),
+                       f"score_chosen{suffix}": float(np.mean(chosen)), f"score_rejected{suffix}": float(np.mean(rejected))})
+        return scores
+
     untrained, _ = build_reward_model(str(base.path), cfg.seed)
-    chosen, rejected = score_pairs(untrained.eval(), tokenizer, test)
-    before = _by_kind(list(chosen > rejected), test, "test_accuracy_before")
+    before = judge(untrained.eval(), "_before")
     del untrained
 
     loop_config = {"objective": "reward", "cfg": cfg.model_dump(), "base_dir": base.uri,
                    "train_pairs": encoded["train"], "test_pairs": encoded["test"][: cfg.test_pairs]}
     _copy_export(training.fit(pairwise_loop, loop_config, ctx, cfg.max_failures, ("step", "loss", "accuracy", "test_accuracy")), ctx.output_dir)
 
-    model = AutoModelForSequenceClassification.from_pretrained(ctx.output_dir).eval()
-    chosen, rejected = score_pairs(model, tokenizer, test)
-    after = _by_kind(list(chosen > rejected), test, "test_accuracy")
-    metrics = {**before, **after, "test_margin": float(np.mean(chosen - rejected)),
-               "score_chosen": float(np.mean(chosen)), "score_rejected": float(np.mean(rejected))}
+    after = judge(AutoModelForSequenceClassification.from_pretrained(ctx.output_dir).eval(), "")
+    metrics = {**before, **after}
     tracking.log_metrics(ctx.tracking_uri, ctx.run_id, metrics)
     plot_curves(ctx, keys=("loss", "test_loss"), ylabel="Bradley-Terry loss (nats)")
     plot_curves(ctx, keys=("accuracy", "test_accuracy"), ylabel="pair accuracy", artifact_file="accuracy_curve.png")
@@ -194,12 +198,12 @@ def _start_roles(cfg: PPOConfig, model_dir: str, reward_dir: str, pg) -> dict:
 
 
 def _judge(roles: dict, actor: str, prompts: list[list[int]], examples: list[Example], tokenizer, max_new_tokens: int) -> dict:
-    """Greedy answers of one role on held-out prompts: mean reward-model score and exact match."""
+    """Greedy answers of one role on held-out prompts: reward-model scores ([N] array and mean) and exact match."""
     answers = ray.get(roles[actor].generate.remote(prompts, max_new_tokens, 0.0, 0))
-    scores = ray.get(roles["reward"].score.remote(prompts, answers))
+    scores = ray.get(roles["reward"].score.remote(prompts, answers)).numpy()
     texts = [tokenizer.decode(a, skip_special_tokens=True) for a in answers]
     hits = [exact_match(t, e.response) for t, e in zip(texts, examples)]
-    return {"reward": float(scores.mean()), "exact_match": float(np.mean(hits))}
+    return {"reward": float(scores.mean()), "scores": scores, "exact_match": float(np.mean(hits))}
 
 
 def run_ppo(cfg: PPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
@@ -262,8 +266,11 @@ def run_ppo(cfg: PPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Ar
     generation = float(np.mean([h["generation_s"] for h in history]))
     training = float(np.mean([h["training_s"] for h in history]))
     scoring = float(np.mean([h["scoring_s"] for h in history]))
+    # Paired over the same held-out prompts: the gain's standard error and how often the policy's answer scores higher.
+    gain = after["scores"] - before["scores"]
     metrics = {
         "reward_before": before["reward"], "reward_after": after["reward"],
+        "reward_gain_se": float(gain.std(ddof=1) / np.sqrt(len(gain))), "reward_win_rate": float(np.mean(gain > 0)),
         "exact_match_before": before["exact_match"], "exact_match_after": after["exact_match"],
         "kl_to_reference": test_kl, "reference_unchanged": float(unchanged),
         "iteration_generation_s": generation, "iteration_scoring_s": scoring, "iteration_training_s": training,
@@ -272,6 +279,6 @@ def run_ppo(cfg: PPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Ar
     tracking.log_metrics(ctx.tracking_uri, ctx.run_id, metrics)
     tracking.log_dict(ctx.tracking_uri, ctx.run_id, history, "ppo_iterations.json")
     plot_curves(ctx, keys=("reward", "kl"), ylabel="reward-model score / KL (nats)", artifact_file="reward_kl.png")
-    headline = (f"reward {before['reward']:.2f} -> {after['reward']:.2f} for KL {test_kl:.2f} nats, "
+    headline = (f"reward {before['reward']:.2f} -> {after['reward']:.2f} (+-{metrics['reward_gain_se']:.2f}) for KL {test_kl:.2f} nats, "
                 f"exact match {before['exact_match']:.0%} -> {after['exact_match']:.0%}")
     return Artifact(str(ctx.output_dir), "model", ctx.run_id, ctx.cache_key, metrics, headline)

@@ -69,7 +69,8 @@ def test_tiny_spec_end_to_end_serves_and_gates_a_regression(tiny_run):
     print(f"tiny reward model: held-out pair accuracy {rm['test_accuracy_before']:.1%} -> {rm['test_accuracy']:.1%} "
           f"(corrupt {rm['test_accuracy_corrupt']:.1%}, off task {rm['test_accuracy_off_task']:.1%}, "
           f"unhelpful {rm['test_accuracy_unhelpful']:.1%})")
-    print(f"tiny ppo: reward {ppo['reward_before']:.2f} -> {ppo['reward_after']:.2f}, KL {ppo['kl_to_reference']:.2f} nats, "
+    print(f"tiny ppo: reward {ppo['reward_before']:.2f} -> {ppo['reward_after']:.2f} (gain's standard error "
+          f"{ppo['reward_gain_se']:.2f}, higher on {ppo['reward_win_rate']:.0%} of prompts), KL {ppo['kl_to_reference']:.2f} nats, "
           f"exact match {ppo['exact_match_before']:.1%} -> {ppo['exact_match_after']:.1%}, iteration: generation "
           f"{ppo['iteration_generation_s']:.2f}s, scoring {ppo['iteration_scoring_s']:.2f}s, training {ppo['iteration_training_s']:.2f}s")
     print(f"tiny dpo: log-ratio accuracy {dpo['reward_accuracy_before']:.1%} -> {dpo['reward_accuracy_after']:.1%}, "
