@@ -125,10 +125,9 @@ def main() -> int:
     from ray import serve
 
     os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-    from workflows.engine import LOCAL_SERVE_ENV
+    from components.deploy.ingress import local_ingress_env
 
-    for key, value in LOCAL_SERVE_ENV.items():  # Serve's ingress as `lifecycle run` starts it: HAProxy
-        os.environ.setdefault(key, value)
+    os.environ.update(local_ingress_env(dict(os.environ)))  # Serve's ingress as `lifecycle run` starts it: HAProxy
     model_dir = args.model or tiny_model(Path(tempfile.mkdtemp(prefix="bench-model-")))
     ray.init(address="local", num_cpus=2, log_to_driver=False, configure_logging=False)
     rows = []

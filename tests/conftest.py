@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # which reads the mode once.
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-# Serve's ingress as on a user's embedded Ray (HAProxy in front of the replicas); the value is
-# workflows.engine.LOCAL_SERVE_ENV, written out because importing it would import ray first.
-os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
-os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+# Serve's ingress as on a user's embedded Ray: HAProxy in front of the replicas, with its own files and ports.
+from components.deploy.ingress import local_ingress_env  # noqa: E402  (imports no ray)
+
+os.environ.update(local_ingress_env(dict(os.environ)))
 
 
 def free_port() -> int:

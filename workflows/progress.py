@@ -7,14 +7,16 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 STATE_STYLE = {"waiting": "dim", "running": "yellow", "done": "green", "cached": "cyan", "failed": "bold red"}
 
 
 def _metric(row: dict[str, Any]) -> str:
+    """The row's headline or latest metrics, as Rich markup: a headline or error is shown as written, brackets and all."""
     if row.get("headline"):
-        return str(row["headline"])
+        return escape(str(row["headline"]))
     m = row.get("metrics") or {}
     parts = [f"trial {m['trial']}"] if "trial" in m else []  # a sweep shows which trial is training
     if "step" in m:
@@ -79,6 +81,6 @@ def summary_table(outcomes, workflow_run_id: str) -> Table:
         table.add_column(col)
     for o in outcomes:
         run_id = o.artifact.run_id if o.artifact else ""
-        headline = o.artifact.headline if o.artifact else (o.error or "")
+        headline = escape(o.artifact.headline if o.artifact else (o.error or ""))  # an error may quote "[/path ...]"
         table.add_row(o.step, o.phase, f"[{STATE_STYLE.get(o.state, '')}]{o.state}", f"{o.seconds:.1f}s", run_id, headline)
     return table

@@ -52,6 +52,8 @@ def two_nodes(object_store, ray_address):
     # As on a cluster node: the image's python first on PATH, credentials in the node's environment.
     env = {**os.environ, **object_store, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
+    for key in [k for k in env if k.startswith("RAY_SERVE_")]:  # Serve's default proxy, as the shipped cluster files
+        del env[key]  # have it; the session's HAProxy settings (its folder and ports) are the session Ray's own
     ray = str(Path(sys.executable).parent / "ray")
     common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block"]
 

