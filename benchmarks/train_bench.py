@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -51,6 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from components.deploy.ingress import free_port  # noqa: E402
 
 from report import table, write_result  # noqa: E402
 
@@ -159,19 +160,13 @@ def _plain_worker(rank: int, world: int, port: int, threads: int, strategy: str,
                                          "threads": torch.get_num_threads()}))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_plain(blocks: np.ndarray, cfg: dict, ids: tuple, steps: int, log_every: int, world: int, threads: int, strategy: str) -> dict:
     import torch.multiprocessing as mp
 
     fd, out = tempfile.mkstemp(prefix="plain-", suffix=".json")
     os.close(fd)
     start = time.time()
-    mp.spawn(_plain_worker, args=(world, _free_port(), threads, strategy, blocks, cfg, ids, steps, log_every, out), nprocs=world, join=True)
+    mp.spawn(_plain_worker, args=(world, free_port(), threads, strategy, blocks, cfg, ids, steps, log_every, out), nprocs=world, join=True)
     wall = time.time() - start
     r = json.loads(Path(out).read_text())
     os.unlink(out)

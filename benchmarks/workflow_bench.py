@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import clean_up, table, write_result  # noqa: E402
+
+from components.deploy.ingress import free_port  # noqa: E402
 
 RATES = ("tokens_per_s", "examples_per_s", "pairs_per_s")  # what the training loops report per window
 PPO_SECONDS = ("generation_s", "scoring_s", "training_s")
@@ -55,12 +56,6 @@ def cli_env() -> dict:
            if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "LIFECYCLE_STORAGE", "LIFECYCLE_WORKDIR")}
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rb-", dir="/tmp")  # short: Ray's socket paths live under it
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def private_overrides(spec: str, overrides: list[str]) -> list[str]:

@@ -26,15 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 # Serve's ingress as on a user's embedded Ray: HAProxy in front of the replicas, with its own files and ports.
-from components.deploy.ingress import local_ingress_env  # noqa: E402  (imports no ray)
+from components.deploy.ingress import free_port, local_ingress_env  # noqa: E402  (imports no ray)
 
 os.environ.update(local_ingress_env(dict(os.environ)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,8 @@ import socket
 import tempfile
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on this machine now (the OS picks it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -44,6 +45,6 @@ def local_ingress_env(environ: dict[str, str]) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": own,
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{own}/server-state",
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{own}/metrics.sock",
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
     }
