@@ -19,26 +19,29 @@ class Phase:
     summary: str
     check: str | None = None  # "module:function" run on the config before Ray starts
     cache: bool = True  # False: run every time (a live endpoint is not a file to reuse)
+    # Model families (components/core/models.py) the phase applies to; None: it takes no model.
+    families: tuple[str, ...] | None = ("causal",)
 
 
 PHASES: dict[str, Phase] = {
     "data": Phase(
         "components.data.config:DataConfig", "components.data.step:run_data", (), "dataset",
         "load a text corpus and split it train/validation by a seeded hash",
-        check="components.data.step:check_data",
+        check="components.data.step:check_data", families=None,
     ),
     "tokenizer": Phase(
         "components.data.config:TokenizerConfig", "components.data.step:run_tokenizer", ("dataset",), "tokenizer",
-        "train a byte-level BPE tokenizer on the training split",
+        "train a byte-level BPE tokenizer on the training split", families=None,
     ),
     "pretrain": Phase(
         "components.pretrain.config:PretrainConfig", "components.pretrain.step:run", ("dataset", "tokenizer"), "model",
-        "pretrain a causal LM with Ray Train (FSDP2, DDP or DeepSpeed)",
+        "pretrain a causal, masked (BERT) or seq2seq (T5) model with Ray Train (FSDP2, DDP or DeepSpeed)",
+        families=None,
     ),
     "instructions": Phase(
         "components.data.instructions:InstructionDataConfig", "components.data.step:run_instructions", (), "instructions",
         "generate or load instruction data; split train/validation/test by seeded hash",
-        check="components.data.step:check_instructions",
+        check="components.data.step:check_instructions", families=None,
     ),
     "finetune": Phase(
         "components.finetune.config:FinetuneConfig", "components.finetune.step:run", ("model", "instructions", "dataset"), "model",
@@ -47,7 +50,7 @@ PHASES: dict[str, Phase] = {
     "preferences": Phase(
         "components.data.preferences:PreferenceDataConfig", "components.data.step:run_preferences", ("instructions?",),
         "preferences", "derive preference pairs from the instructions (bundled) or load TRL / Anthropic-HH JSONL; split train/test",
-        check="components.data.step:check_preferences",
+        check="components.data.step:check_preferences", families=None,
     ),
     "reward": Phase(
         "components.rlhf.config:RewardConfig", "components.rlhf.step:run_reward", ("model", "preferences"), "reward_model",
@@ -81,6 +84,7 @@ PHASES: dict[str, Phase] = {
     "gate": Phase(
         "components.evaluate.config:GateConfig", "components.evaluate.gate:run", ("evaluation",), "approval",
         "let an evaluated model through to deploy only if it meets thresholds and does not regress",
+        families=("causal", "masked", "seq2seq"),
     ),
     "deploy": Phase(
         "components.deploy.config:DeployConfig", "components.deploy.step:run", ("approval",), "endpoint",

@@ -170,7 +170,54 @@ def validate(document: dict, path: str, text: str = "") -> Resolved:
                     f"step '{name}' ({step.uses}) would train on and merge into '{quantized[0]}', a quantized model: "
                     "quantize last (train and merge adapters first, then quantize the merged weights)")
             )
+    _check_families(spec, configs, order, path, lines)
     return Resolved(path, spec, configs, order, spec.model_dump(by_alias=True))
+
+
+FAMILY_NAMES = {"causal": "a causal (decoder)", "masked": "a masked (encoder)", "seq2seq": "a seq2seq (encoder-decoder)"}
+
+
+def model_families(spec: WorkflowSpec, configs: dict[str, BaseModel], order: list[str]) -> dict[str, str]:
+    """The model family each step works on: set by pretrain's model.architecture, passed down every edge."""
+    family: dict[str, str] = {}
+    for name in order:
+        cfg = configs[name]
+        if spec.steps[name].uses == "pretrain":
+            family[name] = cfg.model.family
+        else:
+            upstream = [family[n] for n in spec.steps[name].needs if n in family]
+            if upstream:
+                family[name] = upstream[0]
+    return family
+
+
+def _check_families(spec: WorkflowSpec, configs: dict[str, BaseModel], order: list[str], path: str, lines: dict) -> None:
+    """A phase that does not apply to its input model's family, or a tokenizer the family cannot use."""
+    family = model_families(spec, configs, order)
+    for name in order:
+        step = spec.steps[name]
+        phase = PHASES[step.uses]
+        if name not in family:
+            continue
+        if phase.families is not None and family[name] not in phase.families:
+            source = next(n for n in order if n in family and spec.steps[n].uses == "pretrain" and family[n] == family[name])
+            applies = " and ".join(phase.families)
+            raise SpecError(
+                _at(path, lines, ("steps", name, "uses"),
+                    f"step '{name}' ({step.uses}) does not apply to {FAMILY_NAMES[family[name]]} model "
+                    f"(from '{source}', architecture {configs[source].model.architecture}): {step.uses} applies to {applies} models")
+            )
+        if step.uses == "pretrain":
+            tokenizers = [n for n in step.needs if spec.steps[n].uses == "tokenizer"]
+            tok = configs[tokenizers[0]] if tokenizers else None
+            if tok is not None and family[name] == "masked" and not tok.mask_token:
+                raise SpecError(_at(path, lines, ("steps", tokenizers[0]),
+                                    f"step '{tokenizers[0]}': '{name}' pretrains a bert model, which needs a mask token: "
+                                    "set mask_token (e.g. '<mask>')"))
+            if tok is not None and family[name] == "seq2seq" and not tok.sentinel_tokens:
+                raise SpecError(_at(path, lines, ("steps", tokenizers[0]),
+                                    f"step '{tokenizers[0]}': '{name}' pretrains a t5 model, which needs span sentinels: "
+                                    "set sentinel_tokens (e.g. 32)"))
 
 
 def needs_match(want: tuple[str, ...], got: list[str]) -> bool:

@@ -1,4 +1,5 @@
-"""Causal language models built from a config: no hub download, ever."""
+"""Transformers built from a config, no hub download ever, in the three families of the source
+document: causal decoders (GPT-2, Llama), masked encoders (BERT) and encoder-decoders (T5)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,91 @@ from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+
+Family = Literal["causal", "masked", "seq2seq"]
+FAMILY: dict[str, Family] = {"gpt2": "causal", "llama": "causal", "bert": "masked", "t5": "seq2seq"}
 
 
 class ModelConfig(BaseModel):
-    """Size of a decoder-only transformer. The defaults give ~1M parameters at vocab 2048."""
+    """Size of a transformer. The defaults give a ~1M-parameter GPT-2 at vocab 2048."""
 
     model_config = ConfigDict(extra="forbid")
-    architecture: Literal["gpt2", "llama"] = Field("gpt2", description="Transformers architecture to build.")
-    n_layer: int = Field(4, ge=1, description="Transformer blocks.")
+    architecture: Literal["gpt2", "llama", "bert", "t5"] = Field(
+        "gpt2",
+        description="Transformers architecture to build; it sets the family: gpt2 and llama are causal decoders "
+        "(next-token pretraining), bert a masked encoder (15% masked tokens), t5 an encoder-decoder (span corruption).",
+    )
+    n_layer: int = Field(4, ge=1, description="Transformer blocks (t5: in the encoder and in the decoder each).")
     n_embd: int = Field(128, ge=8, description="Hidden size.")
     n_head: int = Field(4, ge=1, description="Attention heads; must divide n_embd.")
     n_positions: int = Field(128, ge=8, description="Context length in tokens.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on residuals, embeddings and attention.")
+
+    @property
+    def family(self) -> Family:
+        return FAMILY[self.architecture]
+
+
+def build_model(cfg: ModelConfig, tokenizer, seed: int = 0) -> PreTrainedModel:
+    """A freshly initialised model of cfg's family, its ids taken from `tokenizer`: a causal LM,
+    a masked LM (needs the tokenizer's mask token) or a T5 encoder-decoder (needs sentinel tokens)."""
+    if cfg.family == "causal":
+        return build_causal_lm(cfg, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, seed)
+    if cfg.n_embd % cfg.n_head:
+        raise ValueError(f"model.n_embd ({cfg.n_embd}) must be divisible by model.n_head ({cfg.n_head})")
+    if cfg.family == "masked":
+        if tokenizer.mask_token_id is None:
+            raise ValueError("a bert model needs a tokenizer with a mask token (tokenizer step: mask_token: <mask>)")
+        config = BertConfig(
+            vocab_size=len(tokenizer), hidden_size=cfg.n_embd, num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
+            intermediate_size=4 * cfg.n_embd, max_position_embeddings=cfg.n_positions, type_vocab_size=2,
+            hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout, pad_token_id=tokenizer.pad_token_id,
+        )
+        model_cls = BertForMaskedLM
+    else:
+        if not sentinel_ids(tokenizer):
+            raise ValueError("a t5 model needs a tokenizer with sentinel tokens (tokenizer step: sentinel_tokens: 32)")
+        config = T5Config(
+            vocab_size=len(tokenizer), d_model=cfg.n_embd, d_kv=cfg.n_embd // cfg.n_head, d_ff=4 * cfg.n_embd,
+            num_layers=cfg.n_layer, num_decoder_layers=cfg.n_layer, num_heads=cfg.n_head, dropout_rate=cfg.dropout,
+            # T5 has relative positions and no length limit; n_positions still bounds what the lifecycle feeds it.
+            n_positions=cfg.n_positions, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        )
+        model_cls = T5ForConditionalGeneration
+    torch.manual_seed(seed)
+    return model_cls(config)
+
+
+SENTINEL = "<extra_id_{}>"
+
+
+def sentinel_ids(tokenizer) -> list[int]:
+    """Ids of the T5 sentinel tokens <extra_id_0>, <extra_id_1>, ... the tokenizer has, in order."""
+    vocab = tokenizer.get_vocab()
+    ids = []
+    while SENTINEL.format(len(ids)) in vocab:
+        ids.append(vocab[SENTINEL.format(len(ids))])
+    return ids
+
+
+def family_of(model_or_config) -> Family:
+    """The family of a built or loaded model (or its config), from its model_type."""
+    config = getattr(model_or_config, "config", model_or_config)
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    return "masked" if config.model_type in ("bert", "roberta", "distilbert") else "causal"
 
 
 def build_causal_lm(cfg: ModelConfig, vocab_size: int, bos_id: int, eos_id: int, pad_id: int, seed: int = 0) -> PreTrainedModel:
@@ -44,10 +117,17 @@ def build_causal_lm(cfg: ModelConfig, vocab_size: int, bos_id: int, eos_id: int,
 
 
 def transformer_blocks(model: PreTrainedModel) -> list[torch.nn.Module]:
-    """The repeated blocks of a GPT-2 or Llama model (the units FSDP shards and checkpoints)."""
-    if hasattr(model, "transformer"):
-        return list(model.transformer.h)
-    return list(model.model.layers)
+    """The repeated blocks of a GPT-2, Llama, BERT or T5 model (the units FSDP shards and checkpoints)."""
+    if hasattr(model, "get_base_model"):  # a peft wrapper
+        model = model.get_base_model()
+    base = model.base_model  # the bare transformer under any task head (T5: the model itself)
+    if hasattr(base, "h"):  # GPT-2
+        return list(base.h)
+    if hasattr(base, "encoder") and hasattr(base.encoder, "layer"):  # BERT
+        return list(base.encoder.layer)
+    if hasattr(base, "decoder") and hasattr(base.decoder, "block"):  # T5
+        return list(base.encoder.block) + list(base.decoder.block)
+    return list(base.layers)
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
@@ -57,7 +137,7 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
 
 
 def context_length(model) -> int:
-    """The context window in tokens of a model or its config (GPT-2's n_positions, Llama's max_position_embeddings)."""
+    """The context window in tokens of a model or its config (GPT-2's and T5's n_positions, others' max_position_embeddings)."""
     config = getattr(model, "config", model)
     return getattr(config, "n_positions", None) or config.max_position_embeddings
 

@@ -61,6 +61,14 @@ class TokenizerConfig(BaseModel):
     unk_token: str = Field(
         "<|unk|>", description="Unknown token; never produced by byte-level BPE but expected by some tools."
     )
+    mask_token: str | None = Field(
+        None, description='Mask token of masked-LM pretraining (a bert model needs one, e.g. "<mask>"); None adds none.'
+    )
+    sentinel_tokens: int = Field(
+        0, ge=0, le=1000,
+        description="T5 span-corruption sentinels <extra_id_0> ... added as special tokens (a t5 model needs them; 32 is plenty "
+        "at 128-token blocks); 0 adds none.",
+    )
 
     @model_validator(mode="after")
     def _pad_differs_from_eos(self) -> TokenizerConfig:
@@ -71,4 +79,6 @@ class TokenizerConfig(BaseModel):
 
     def special_tokens(self) -> list[str]:
         """Distinct special tokens in a fixed order (they get the first ids)."""
-        return list(dict.fromkeys([self.eos_token, self.bos_token, self.pad_token, self.unk_token]))
+        extra = [self.mask_token] if self.mask_token else []
+        extra += [f"<extra_id_{i}>" for i in range(self.sentinel_tokens)]
+        return list(dict.fromkeys([self.eos_token, self.bos_token, self.pad_token, self.unk_token, *extra]))

@@ -39,6 +39,8 @@ def train_bpe(docs: list[str], cfg: TokenizerConfig) -> PreTrainedTokenizerFast:
         eos_token=cfg.eos_token,
         pad_token=cfg.pad_token,
         unk_token=cfg.unk_token,
+        **({"mask_token": cfg.mask_token} if cfg.mask_token else {}),
+        extra_special_tokens=[f"<extra_id_{i}>" for i in range(cfg.sentinel_tokens)],
         model_max_length=cfg.model_max_length,
         clean_up_tokenization_spaces=False,  # cleanup would rewrite " ." to "." and break round-trips
     )

@@ -15,12 +15,12 @@ from components.artifact import Artifact, StepContext
 from components.data.corpus import read_jsonl
 from components.data.tokenizer import tokenize_and_pack
 from components.pretrain.config import PretrainConfig
-from components.pretrain.loop import train_loop
+from components.pretrain.loop import ACCURACY, train_loop
 from components.report import ReportToLineage, plot_curves
 
 
 def run(cfg: PretrainConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
-    """Pretrain a causal LM on the dataset input with the tokenizer input; returns a model Artifact."""
+    """Pretrain a model of any family (causal, masked, seq2seq) on the dataset input with the tokenizer input."""
     dataset_step, dataset = next((name, a) for name, a in inputs.items() if a.kind == "dataset")
     tokenizer_artifact = next(a for a in inputs.values() if a.kind == "tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_artifact.path)
@@ -59,8 +59,13 @@ def run(cfg: PretrainConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
         shutil.copytree(Path(directory) / "model", ctx.output_dir, dirs_exist_ok=True)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     plot_curves(ctx)
-    headline = f"ppl {metrics['ppl_initial']:.0f} -> {metrics['ppl_final']:.1f}"
-    keep = ("ppl_initial", "ppl_final", "ppl_ratio", "loss", "val_loss", "tokens_per_s")
+    if cfg.model.family == "causal":
+        headline = f"ppl {metrics['ppl_initial']:.0f} -> {metrics['ppl_final']:.1f}"
+    else:
+        name = ACCURACY[cfg.model.family]
+        headline = f"{name.replace('_', ' ')} {metrics[name + '_initial']:.1%} -> {metrics[name + '_final']:.1%}"
+    keep = ("ppl_initial", "ppl_final", "ppl_ratio", *(f"{n}_{w}" for n in ACCURACY.values() for w in ("initial", "final")),
+            "loss", "val_loss", "tokens_per_s")
     return Artifact(str(ctx.output_dir), "model", ctx.run_id, ctx.cache_key, {k: metrics[k] for k in keep if k in metrics}, headline)
 
 
