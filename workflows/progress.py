@@ -29,7 +29,9 @@ def _metric(row: dict[str, Any]) -> str:
         parts.append(f"val {m['val_loss']:.3f}")
     if "tokens_per_s" in m:
         parts.append(f"{m['tokens_per_s']:.0f} tok/s")
-    return ", ".join(parts)
+    if not parts:  # a phase with its own progress keys (PPO: iteration, reward, kl): shown as reported
+        parts = [f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in m.items()]
+    return escape(", ".join(parts))
 
 
 def live_table(rows: dict[str, dict[str, Any]]) -> Table:

@@ -72,6 +72,12 @@ class PPOConfig(BaseModel):
         6.0, gt=0, description="Adaptive control: steer the mean per-response KL to this many nats; None keeps kl_coef fixed."
     )
     kl_horizon: int = Field(640, ge=1, description="Adaptive control: responses over which the coefficient may change by about e^0.2.")
+    ptx_coef: float = Field(
+        0.0, ge=0,
+        description="PPO-ptx (InstructGPT): weight of the chosen answers' negative log-likelihood (nats per token), added "
+        "to every policy step on as many training prompts as the minibatch has rollouts; it keeps what fine-tuning "
+        "taught while the reward pulls. 0 is plain PPO.",
+    )
     gamma: float = Field(1.0, gt=0, le=1, description="Discount per token.")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
     clip: float = Field(0.2, gt=0, description="Policy ratio clip range.")

@@ -5,7 +5,7 @@ One iteration, top to bottom:
     2. the policy samples one response per prompt                                  (generation)
     3. reference log-probs, reward scores, values and the policy's own log-probs, at once
     4. per-token rewards: the score at the last token minus kl_coef x KL to the reference; GAE
-    5. policy and value updates, at once                                             (training)
+    5. policy and value updates, at once; PPO-ptx adds the demonstrations' NLL      (training)
     6. adapt kl_coef towards target_kl; report; every checkpoint_every iterations save all state
 """
 
@@ -49,8 +49,11 @@ def save_checkpoint(root: str, roles: dict, state: dict) -> None:
 
 
 def train(cfg: PPOConfig, roles: dict, prompts: list[list[int]], pad_id: int, checkpoints: str,
-          report: Callable[[dict, int], None]) -> dict:
-    """Run (or resume) PPO to cfg.iterations; returns the final state {iteration, kl_coef, history}."""
+          report: Callable[[dict, int], None], demos: list[tuple[list[int], list[int]]] = ()) -> dict:
+    """Run (or resume) PPO to cfg.iterations; returns the final state {iteration, kl_coef, history}.
+
+    demos: (prompt, answer + eos) token lists of the training data, for PPO-ptx (cfg.ptx_coef > 0).
+    """
     state = {"iteration": 0, "kl_coef": cfg.kl_coef, "history": []}
     resume = latest_checkpoint(checkpoints)
     if resume is not None:
@@ -82,11 +85,15 @@ def train(cfg: PPOConfig, roles: dict, prompts: list[list[int]], pad_id: int, ch
         advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
         advantages = whiten(advantages, mask)
 
-        # 5. Policy and value updates, in parallel.
+        # 5. Policy and value updates, in parallel (PPO-ptx: plus demonstrations' NLL in the policy's steps).
+        shown = None
+        if cfg.ptx_coef > 0 and demos:
+            picked = [demos[i] for i in rng.choice(len(demos), cfg.rollout_batch, replace=len(demos) < cfg.rollout_batch)]
+            shown = ([p for p, _ in picked], [a for _, a in picked])
         start = time.perf_counter()
         policy_stats, value_stats = ray.get([
             policy.train.remote(batch, responses, old_logprobs, advantages, cfg.temperature, cfg.ppo_epochs,
-                                cfg.minibatch, cfg.clip, cfg.seed + iteration),
+                                cfg.minibatch, cfg.clip, cfg.seed + iteration, shown, cfg.ptx_coef),
             value.train.remote(batch, responses, values, returns, cfg.ppo_epochs, cfg.minibatch, cfg.value_clip,
                                cfg.seed + iteration),
         ])

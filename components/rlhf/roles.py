@@ -105,9 +105,14 @@ class Policy:
         return _logprobs(self.model, prompts, responses, self.tokenizer.pad_token_id, temperature)[0]
 
     def train(self, prompts, responses, old_logprobs: torch.Tensor, advantages: torch.Tensor, temperature: float,
-              epochs: int, minibatch: int, clip: float, seed: int) -> dict[str, float]:
-        """`epochs` passes of clipped-surrogate steps over the rollout; mean loss, clip fraction, entropy, approx KL."""
-        sums = {"policy_loss": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "approx_kl": 0.0}
+              epochs: int, minibatch: int, clip: float, seed: int, demos: tuple[list, list] | None = None,
+              ptx_coef: float = 0.0) -> dict[str, float]:
+        """`epochs` passes of clipped-surrogate steps over the rollout; mean loss, clip fraction, entropy, approx KL.
+
+        demos: (prompts, answers) of the training data, one per rollout; with ptx_coef > 0 each step also
+        lowers their NLL (PPO-ptx), on the rows of the minibatch.
+        """
+        sums = {"policy_loss": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "approx_kl": 0.0, "ptx_nll": 0.0}
         steps = 0
         for rows in _minibatches(len(prompts), minibatch, epochs, seed):
             logprobs, ent, mask = _logprobs(self.model, [prompts[i] for i in rows], [responses[i] for i in rows],
@@ -115,6 +120,12 @@ class Policy:
             reach = mask.shape[1]
             old, adv = old_logprobs[rows, :reach], advantages[rows, :reach]
             loss, clipped = policy_loss(logprobs, old, adv, mask, clip)
+            if ptx_coef > 0 and demos is not None:
+                demo_lp, _, demo_mask = _logprobs(self.model, [demos[0][i] for i in rows], [demos[1][i] for i in rows],
+                                                  self.tokenizer.pad_token_id, 1.0)
+                nll = -masked_mean(demo_lp, demo_mask)
+                loss = loss + ptx_coef * nll
+                sums["ptx_nll"] += nll.item()
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.grad_clip)
             self.optimizer.step()

@@ -213,6 +213,9 @@ def run_ppo(cfg: PPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Ar
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     prompts = [encode(p) for p in dict.fromkeys(p.prompt for p in pairs["train"])]
+    # PPO-ptx's demonstrations: each training prompt with its preferred answer (the fine-tuning target).
+    demos = [(encode(prompt), encode(chosen) + [tokenizer.eos_token_id])
+             for prompt, chosen in {p.prompt: p.chosen for p in pairs["train"]}.items()]
     examples = _examples(pairs["test"])[: cfg.test_prompts]
     test_prompts = [encode(e.prompt) for e in examples]
 
@@ -238,7 +241,7 @@ def run_ppo(cfg: PPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Ar
             try:
                 fingerprint = ray.get(roles["reference"].fingerprint.remote())
                 before = _judge(roles, "reference", test_prompts, examples, tokenizer, cfg.eval_max_new_tokens)
-                state = ppo.train(cfg, roles, prompts, tokenizer.pad_token_id, checkpoints, report)
+                state = ppo.train(cfg, roles, prompts, tokenizer.pad_token_id, checkpoints, report, demos)
                 break
             except ray.exceptions.RayActorError:
                 for actor in roles.values():

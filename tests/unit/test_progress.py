@@ -27,3 +27,11 @@ def test_errors_and_headlines_with_brackets_are_shown_as_written():
     console = Console(file=io.StringIO(), width=400, emoji=False)
     Display(console).update(rows)
     assert "deploy: failed [ALERT]" in console.file.getvalue()
+
+
+def test_a_phase_with_its_own_progress_keys_shows_them():
+    # PPO reports iteration, reward and KL, none of the training loops' keys: the line must not be empty.
+    console = Console(file=io.StringIO(), width=400, emoji=False)
+    Display(console).update({"ppo": {"phase": "ppo", "state": "running", "started": 0.0,
+                                     "metrics": {"iteration": 3, "reward": 2.913, "kl": 0.04}}})
+    assert "ppo: running iteration 3, reward 2.913, kl 0.04" in console.file.getvalue()
