@@ -28,6 +28,7 @@ from components.core import prune as P
 from components.core.models import context_length, count_parameters, load_trained, weights_bytes
 from components.core.quantize import INTEGER, RECIPE, linear_weight_bytes, load_quantized, quantize, save_quantized, weight_count
 from components.core.speed import generation_speed
+from components.core.sft import encode_seq2seq_pair
 from components.data.instructions import Example, read_examples_jsonl
 from components.finetune.evaluate import exact_match_by_family
 from components.finetune.step import encode_split
@@ -177,10 +178,13 @@ def _closeness(model, quantized, tokenizer, examples: list[Example]) -> dict[str
     diffs, same, total = [], 0, 0
     for e in examples:
         ids = torch.tensor([tokenizer(e.prompt, add_special_tokens=False)["input_ids"]])
-        a, b = model(input_ids=ids).logits.float(), quantized(input_ids=ids).logits.float()
+        inputs = {"input_ids": ids}
+        if getattr(model.config, "is_encoder_decoder", False):  # a T5's logits are its decoder's, along the reference answer
+            inputs = {k: torch.tensor([v]) for k, v in zip(("input_ids", "labels"), encode_seq2seq_pair(tokenizer, e.prompt, e.response))}
+        a, b = model(**inputs).logits.float(), quantized(**inputs).logits.float()
         diffs.append(float((a - b).abs().max()))
         same += int((a.argmax(-1) == b.argmax(-1)).sum())
-        total += ids.shape[1]
+        total += a.shape[1]
     return {"max_logit_diff": max(diffs), "top1_agreement": same / total}
 
 

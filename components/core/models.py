@@ -149,21 +149,27 @@ def load_trained(model_dir) -> PreTrainedModel:
     import json
     from pathlib import Path
 
-    from transformers import AutoModelForCausalLM
-
     model_dir = Path(model_dir)
     from components.core.quantize import INTEGER, RECIPE, load_quantized
 
     recipe = model_dir / RECIPE
     if recipe.exists() and json.loads(recipe.read_text())["method"] in INTEGER:  # integer weights: rebuilt, not from_pretrained
         return load_quantized(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = auto_class(model_dir).from_pretrained(model_dir)
     adapter = model_dir / "adapter" / "adapter_config.json"
     if adapter.exists() and json.loads(adapter.read_text()).get("peft_type") == "PROMPT_TUNING":
         import peft
 
         model = peft.PeftModel.from_pretrained(model, model_dir / "adapter")
     return model.eval()
+
+
+def auto_class(model_dir):
+    """The transformers Auto class that loads a generating model saved in `model_dir`:
+    AutoModelForSeq2SeqLM for an encoder-decoder (T5), else AutoModelForCausalLM."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM if family_of(AutoConfig.from_pretrained(model_dir)) == "seq2seq" else AutoModelForCausalLM
 
 
 def weights_bytes(model_dir) -> int:

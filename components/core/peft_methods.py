@@ -19,8 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 Method = Literal["full", "selective", "lora", "prompt_tuning", "ia3"]
 
 # Projection names per architecture, for defaults and for error messages.
-ATTENTION = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
-IA3_TARGETS = {"gpt2": (["c_attn", "mlp.c_proj"], ["mlp.c_proj"]), "llama": (["k_proj", "v_proj", "down_proj"], ["down_proj"])}
+# T5 names its attention projections q, k, v, o and its feed-forward wi, wo (encoder and decoder alike).
+ATTENTION = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"], "t5": ["q", "v"]}
+IA3_TARGETS = {"gpt2": (["c_attn", "mlp.c_proj"], ["mlp.c_proj"]), "llama": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
+               "t5": (["k", "v", "wo"], ["wo"])}
 
 
 class LoraSettings(BaseModel):
@@ -33,7 +35,7 @@ class LoraSettings(BaseModel):
     target_modules: list[str] | None = Field(
         None, min_length=1,
         description="Module names (or name suffixes) that get LoRA; None: the attention projections "
-        "(gpt2: c_attn; llama: q_proj, v_proj).",
+        "(gpt2: c_attn; llama: q_proj, v_proj; t5: q, v).",
     )
 
 
@@ -67,6 +69,8 @@ def apply_method(model, method: Method, lora: LoraSettings, prompt_tuning: Promp
     import peft
 
     arch = model.config.model_type
+    # peft's task type picks the wrapper (PeftModelForCausalLM / ForSeq2SeqLM) and how it generates.
+    task_type = "SEQ_2_SEQ_LM" if getattr(model.config, "is_encoder_decoder", False) else "CAUSAL_LM"
     if method == "full":
         model.requires_grad_(True)
         return model
@@ -84,13 +88,13 @@ def apply_method(model, method: Method, lora: LoraSettings, prompt_tuning: Promp
         config = peft.LoraConfig(
             r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
             fan_in_fan_out=arch == "gpt2",  # GPT-2's Conv1D stores weights as [in, out]
-            task_type="CAUSAL_LM",
+            task_type=task_type,
         )
         return peft.get_peft_model(model, config)
     if method == "ia3":
         targets, feedforward = IA3_TARGETS[arch]
         config = peft.IA3Config(target_modules=targets, feedforward_modules=feedforward,
-                                fan_in_fan_out=arch == "gpt2", task_type="CAUSAL_LM")
+                                fan_in_fan_out=arch == "gpt2", task_type=task_type)
         return peft.get_peft_model(model, config)
     if method == "prompt_tuning":
         init = dict(prompt_tuning_init="RANDOM")
@@ -99,7 +103,7 @@ def apply_method(model, method: Method, lora: LoraSettings, prompt_tuning: Promp
                 raise ValueError("prompt_tuning.init_text needs the tokenizer")
             init = dict(prompt_tuning_init="TEXT", prompt_tuning_init_text=prompt_tuning.init_text,
                         tokenizer_name_or_path=tokenizer.name_or_path)
-        config = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=prompt_tuning.num_virtual_tokens, **init)
+        config = peft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=prompt_tuning.num_virtual_tokens, **init)
         return peft.get_peft_model(model, config)
     raise ValueError(f"method: unknown {method!r}")
 

@@ -91,7 +91,8 @@ def save_quantized(model: torch.nn.Module, directory: Path, method: str) -> None
                 tensors[f"{name}.weight_int8"] = weight.int_repr().contiguous()
                 tensors[f"{name}.weight_scale"] = weight.q_per_channel_scales().float().contiguous()
                 tensors[f"{name}.weight_zero_point"] = weight.q_per_channel_zero_points().to(torch.int32).contiguous()
-                tensors[f"{name}.bias"] = bias.detach().contiguous()
+                if bias is not None:  # T5's projections have none
+                    tensors[f"{name}.bias"] = bias.detach().contiguous()
                 modules.append(name)
         # Everything else is float; a dynamic Linear's own state (packed params, unused scalars) is replaced by the above.
         tensors.update({k: v.contiguous() for k, v in model.state_dict().items()
@@ -109,22 +110,25 @@ def save_quantized(model: torch.nn.Module, directory: Path, method: str) -> None
 def load_quantized(directory: Path) -> torch.nn.Module:
     """The quantized model `save_quantized` wrote, rebuilt from its config, in eval mode."""
     from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
+
+    from components.core.models import auto_class
 
     directory = Path(directory)
     recipe = json.loads((directory / RECIPE).read_text())
     method = recipe["method"]
+    model_class = auto_class(directory)  # causal LM or encoder-decoder (T5)
     if method in ("fp16", "bf16"):
-        return AutoModelForCausalLM.from_pretrained(directory).eval()
-    model = quantize(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(directory)), method)
+        return model_class.from_pretrained(directory).eval()
+    model = quantize(model_class.from_config(AutoConfig.from_pretrained(directory)), method)
     tensors = load_file(directory / "model.safetensors")
-    tied = [k for k in model.state_dict() if _is_tied(model, k)]  # before loading replaces the shared tensor
+    tied = _tied_keys(model)  # before loading replaces the shared tensor
     if method == "int8_dynamic":
         for name in recipe["modules"]:
             weight = torch._make_per_channel_quantized_tensor(
                 tensors.pop(f"{name}.weight_int8"), tensors.pop(f"{name}.weight_scale").double(),
                 tensors.pop(f"{name}.weight_zero_point").long(), 0)
-            model.get_submodule(name).set_weight_bias(weight, tensors.pop(f"{name}.bias"))
+            model.get_submodule(name).set_weight_bias(weight, tensors.pop(f"{name}.bias", None))
         expected = {k for k, v in model.state_dict().items() if isinstance(v, torch.Tensor) and k.rpartition(".")[0] not in recipe["modules"]}
         missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
         with torch.no_grad():
@@ -186,10 +190,18 @@ def _tensor_bytes(tensor: torch.Tensor) -> int:
 
 
 def _drop_tied(model, tensors: dict) -> dict:
-    return {k: v for k, v in tensors.items() if not _is_tied(model, k)}
+    tied = _tied_keys(model)
+    return {k: v for k, v in tensors.items() if k not in tied}
 
 
-def _is_tied(model, key: str) -> bool:
-    """The output head's weight when it is the input embedding's (saved once, as the embedding)."""
-    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
-    return head is not None and head.weight is embedding.weight and key.startswith("lm_head.")
+def _tied_keys(model) -> set[str]:
+    """State-dict keys whose tensor is an earlier key's: the output head tied to the input embedding, and
+    T5's encoder and decoder embeddings (its shared one). Saved once, under the first key."""
+    seen, tied = set(), set()
+    for key, value in model.state_dict(keep_vars=True).items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        if id(value) in seen:
+            tied.add(key)
+        seen.add(id(value))
+    return tied

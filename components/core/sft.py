@@ -23,11 +23,24 @@ def encode_pair(tokenizer, prompt: str, response: str) -> tuple[list[int], list[
     return p + r, [IGNORE_INDEX] * len(p) + r
 
 
+def encode_seq2seq_pair(tokenizer, prompt: str, response: str) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) for an encoder-decoder: the encoder reads the prompt + eos (as it read
+    span-corrupted text + eos in pretraining), the decoder is trained on response + eos.
+
+    Nothing needs masking: the decoder never sees the prompt, so every label is a response token.
+    The two lists differ in length.
+    """
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return p, r
+
+
 def pad_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a list of (input_ids, labels) to the longest: input_ids, labels, attention_mask, each [B, T] int64."""
+    """Right-pad a list of (input_ids, labels) to the longest: input_ids, attention_mask [B, T] and
+    labels [B, T'] int64. T' == T for causal pairs; an encoder-decoder's labels have their own length."""
     width = max(len(ids) for ids, _ in pairs)
     input_ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(pairs), width), IGNORE_INDEX, dtype=torch.long)
+    labels = torch.full((len(pairs), max(len(lab) for _, lab in pairs)), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(pairs), width), dtype=torch.long)
     for i, (ids, lab) in enumerate(pairs):
         input_ids[i, : len(ids)] = torch.tensor(ids)
@@ -41,13 +54,17 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, ba
     """Greedy completions of `prompts`, decoded, cut at the first eos.
 
     Prompts are left-padded into batches so every row's next token sits in the last column.
+    An encoder-decoder reads the prompt + eos (as in `encode_seq2seq_pair`) and its output holds
+    only the answer, after the decoder's start token.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    seq2seq = getattr(model.config, "is_encoder_decoder", False)
     answers = []
     for start in range(0, len(prompts), batch_size):
-        encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[start : start + batch_size]]
+        encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] * seq2seq
+                   for p in prompts[start : start + batch_size]]
         width = max(map(len, encoded))
         ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded], device=device)
         mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
@@ -55,7 +72,7 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, ba
             input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         )
-        for row in out[:, width:].tolist():
+        for row in out[:, 1 if seq2seq else width :].tolist():
             if tokenizer.eos_token_id in row:
                 row = row[: row.index(tokenizer.eos_token_id)]
             answers.append(tokenizer.decode(row, skip_special_tokens=True))

@@ -1,7 +1,8 @@
 """The per-worker fine-tuning loop: what each Ray Train worker runs, top to bottom.
 
 The step hands every worker the same tokenized data (instruction pairs with the prompt
-masked out of the labels, plus optional pretraining blocks for replay); each worker reads
+masked out of the labels, or for an encoder-decoder the prompt as encoder input and the
+response as labels; plus optional pretraining blocks for replay); each worker reads
 its own stride of a seeded permutation, so a batch depends only on the step number and a
 resumed run replays nothing.
 """
@@ -19,21 +20,22 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
+from components.core.models import auto_class
 from components.core.parallel import wrap
 from components.core.peft_methods import apply_method, trainable_parameters
 from components.core.sft import pad_batch
 from components.finetune.config import FinetuneConfig
 from components.storage import localize
 
-Pair = tuple[list[int], list[int]]  # (input_ids, labels with -100 on the prompt)
+Pair = tuple[list[int], list[int]]  # (input_ids, labels): -100 on the prompt (causal), or the response alone (seq2seq)
 
 
 def build_model(base_dir: str, cfg: FinetuneConfig):
-    """The base model with `cfg.method` applied (frozen base, trainable adapter); same seed, same adapter."""
+    """The base model (causal LM or T5) with `cfg.method` applied (frozen base, trainable adapter); same seed, same adapter."""
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    model = auto_class(base_dir).from_pretrained(base_dir)
     torch.manual_seed(cfg.seed)
     return apply_method(model, cfg.method, cfg.lora, cfg.prompt_tuning, cfg.selective, tokenizer), tokenizer
 

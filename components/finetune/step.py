@@ -6,18 +6,17 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from transformers import AutoModelForCausalLM
 
 from components import tracking, training
 from components.artifact import Artifact, StepContext
-from components.core.models import context_length, load_trained, weights_bytes
+from components.core.models import auto_class, context_length, family_of, load_trained, weights_bytes
 from components.core.peft_methods import trainable_parameters
-from components.core.sft import encode_pair
+from components.core.sft import encode_pair, encode_seq2seq_pair
 from components.data.corpus import read_jsonl
 from components.data.instructions import read_examples_jsonl
 from components.data.tokenizer import tokenize_and_pack
 from components.finetune.config import FinetuneConfig
-from components.finetune.evaluate import corpus_perplexity, exact_match_by_family
+from components.finetune.evaluate import corpus_perplexity, exact_match_by_family, text_scores_by_family
 from components.finetune.loop import build_model, train_loop
 from components.report import plot_curves
 
@@ -35,19 +34,30 @@ def run(cfg: FinetuneConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     model, tokenizer = build_model(str(base.path), cfg)
     trainable, total = trainable_parameters(model)
     context = context_length(model)
+    seq2seq = family_of(model) == "seq2seq"
     if cfg.method == "prompt_tuning":
         context -= cfg.prompt_tuning.num_virtual_tokens
+    if seq2seq and cfg.replay_fraction > 0:
+        raise ValueError("field 'replay_fraction': replay of pretraining text is for causal models; a t5 model "
+                         "(span-corruption pretrained) has no plain-text objective to replay; set it to 0")
     splits = {s: read_examples_jsonl(instructions.path / f"{s}.jsonl") for s in ("train", "validation", "test")}
-    pairs = {s: encode_split(instructions.path / f"{s}.jsonl", examples, tokenizer, context) for s, examples in splits.items() if s != "test"}
+    pairs = {s: encode_split(instructions.path / f"{s}.jsonl", examples, tokenizer, context, seq2seq)
+             for s, examples in splits.items() if s != "test"}
     _log_inputs(ctx, instructions_step, instructions, corpus_step, corpus)
     tracking.log_metrics(ctx.tracking_uri, ctx.run_id, {"trainable_params": trainable, "total_params": total, "trainable_share": trainable / total})
 
     # 2. The base model's scores: what fine-tuning must beat, and the forgetting baseline.
     test = splits["test"][: cfg.test_examples]
     corpus_val = read_jsonl(corpus.path / "validation.jsonl")
-    base_model = AutoModelForCausalLM.from_pretrained(base.path)
-    before = exact_match_by_family(base_model, tokenizer, test, cfg.max_new_tokens)
-    ppl_before = corpus_perplexity(base_model, tokenizer, corpus_val, context, cfg.eval_tokens)
+    base_model = auto_class(base.path).from_pretrained(base.path)
+    if seq2seq:
+        # Perplexity on plain text is a causal-LM measure (a T5 decoder never reads the corpus as
+        # such), so there is no forgetting check; BLEU and ROUGE-L of the answers are logged instead.
+        text_before = text_scores_by_family(base_model, tokenizer, test, cfg.max_new_tokens)
+        before = text_before["exact_match"]
+    else:
+        before = exact_match_by_family(base_model, tokenizer, test, cfg.max_new_tokens)
+        ppl_before = corpus_perplexity(base_model, tokenizer, corpus_val, context, cfg.eval_tokens)
     del base_model, model
 
     # 3. Train: one Ray Train run, or a Ray Tune sweep over LoRA rank whose best trial wins.
@@ -72,14 +82,22 @@ def run(cfg: FinetuneConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
 
     # 4. Score the result the way a user will load it.
     tuned = load_trained(ctx.output_dir)
-    after = exact_match_by_family(tuned, tokenizer, test, cfg.max_new_tokens)
-    ppl_after = corpus_perplexity(tuned, tokenizer, corpus_val, context, cfg.eval_tokens)
+    if seq2seq:
+        text_after = text_scores_by_family(tuned, tokenizer, test, cfg.max_new_tokens)
+        after = text_after["exact_match"]
+        quality = {f"{name}_{when}{'' if f == 'all' else '_' + f}": v
+                   for when, scores in (("before", text_before), ("after", text_after))
+                   for name in ("bleu", "sentence_bleu", "rougeL") for f, v in scores[name].items()}
+    else:
+        after = exact_match_by_family(tuned, tokenizer, test, cfg.max_new_tokens)
+        ppl_after = corpus_perplexity(tuned, tokenizer, corpus_val, context, cfg.eval_tokens)
+        quality = {"corpus_ppl_before": ppl_before, "corpus_ppl_after": ppl_after, "forgetting_ppl_ratio": ppl_after / ppl_before}
     trainable, _ = trainable_parameters(build_model(str(base.path), cfg)[0])
     metrics = {
         "exact_match_before": before["all"], "exact_match_after": after["all"],
         **{f"exact_match_before_{f}": v for f, v in before.items() if f != "all"},
         **{f"exact_match_after_{f}": v for f, v in after.items() if f != "all"},
-        "corpus_ppl_before": ppl_before, "corpus_ppl_after": ppl_after, "forgetting_ppl_ratio": ppl_after / ppl_before,
+        **quality,
         "trainable_params": trainable, "trainable_share": trainable / total, **_sizes(ctx.output_dir),
         **{f"best_{k}": v for k, v in best.items()},
     }
@@ -88,17 +106,29 @@ def run(cfg: FinetuneConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     if cfg.sweep is None:
         plot_curves(ctx)
     headline = f"exact match {before['all']:.0%} -> {after['all']:.0%}, {cfg.method} {trainable / total:.2%} params"
+    if seq2seq:
+        headline += (f", sentence BLEU {metrics['sentence_bleu_before']:.1f} -> {metrics['sentence_bleu_after']:.1f}, "
+                     f"ROUGE-L {metrics['rougeL_before']:.2f} -> {metrics['rougeL_after']:.2f}")
     return Artifact(str(ctx.output_dir), "model", ctx.run_id, ctx.cache_key, metrics, headline)
 
 
-def encode_split(path: Path, examples, tokenizer, context: int) -> list[tuple[list[int], list[int]]]:
-    """Token pairs (input_ids, labels) of a split; an example longer than the context is an error naming its line."""
+def encode_split(path: Path, examples, tokenizer, context: int, seq2seq: bool = False) -> list[tuple[list[int], list[int]]]:
+    """Token pairs (input_ids, labels) of a split; an example longer than the context is an error naming its line.
+
+    seq2seq: the prompt is the encoder's input and the response the decoder's labels, each held to the context.
+    """
     pairs = []
     for line, e in enumerate(examples, start=1):
-        ids, labels = encode_pair(tokenizer, e.prompt, e.response)
-        if len(ids) > context:
-            raise ValueError(f"{path}:{line}: prompt + response is {len(ids)} tokens, more than the model's "
-                             f"context of {context} (shorten it or drop it)")
+        if seq2seq:
+            ids, labels = encode_seq2seq_pair(tokenizer, e.prompt, e.response)
+            if max(len(ids), len(labels)) > context:
+                raise ValueError(f"{path}:{line}: prompt ({len(ids)} tokens) or response ({len(labels)} tokens) is longer "
+                                 f"than the model's context of {context} (shorten it or drop it)")
+        else:
+            ids, labels = encode_pair(tokenizer, e.prompt, e.response)
+            if len(ids) > context:
+                raise ValueError(f"{path}:{line}: prompt + response is {len(ids)} tokens, more than the model's "
+                                 f"context of {context} (shorten it or drop it)")
         pairs.append((ids, labels))
     return pairs
 
