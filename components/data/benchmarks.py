@@ -488,6 +488,42 @@ def write_bundled(directory: str | os.PathLike, n_per_task: int = 40, seed: int 
     return out
 
 
+# --- classifier data (the encoder family's classify phase) ---------------------------------------
+
+_TRAINABLE = {"sst2": (_gen_sst2, lambda r: r["sentence"]), "mnli": (_gen_mnli, lambda r: (r["premise"], r["hypothesis"]))}
+
+
+def generated_records(task: str, n: int, seed: int) -> list[dict]:
+    """`n` distinct generated sst2 or mnli records (the bundled files' fields), for TRAINING a classifier.
+
+    Drawn from `random.Random(f"{seed}:{task}:train")`, another stream than write_bundled's, so
+    the bundled dev files stay a held-out test set (drop any chance overlap by text).
+    """
+    if task not in _TRAINABLE:
+        raise DataError(f"no generator of {task!r} training records (have: {sorted(_TRAINABLE)})")
+    gen, key = _TRAINABLE[task]
+    return _distinct(gen, key, n, f"{seed}:{task}:train")
+
+
+def labelled_texts(task: str, records: list[tuple[str, dict]]) -> list[tuple[str, str, str | None, int]]:
+    """("file:line", text, text_pair or None, label) of sst2 / mnli records given as ("file:line", record), with
+    the same field aliases, label names and errors as load_benchmark."""
+    out = []
+    for where, record in records:
+        if task == "sst2":
+            out.append((where, _text(record, "sentence", where=where), None,
+                        _label(record, "label", classes=("negative", "positive"), where=where)))
+        elif record.get("gold_label", record.get("label")) != "-":  # mnli: no gold label, skipped as GLUE does
+            out.append((where, _text(record, "premise", "sentence1", where=where), _text(record, "hypothesis", "sentence2", where=where),
+                        _label(record, "label", "gold_label", classes=("entailment", "neutral", "contradiction"), where=where)))
+    return out
+
+
+def file_records(task: str, path: str | os.PathLike | None = None) -> list[tuple[str, dict]]:
+    """("file:line", record) of a GLUE TSV / jsonl file of `task`; the bundled copy when path is None."""
+    return list(_file_records(task, Path(path).expanduser() if path is not None else bundled_path(task), None))
+
+
 # --- perturbations for robustness checks -------------------------------------------------------
 
 PERTURBATIONS = ("typo", "case", "whitespace")

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import pandas as pd
 import ray
 import ray.data
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from components import tracking
 from components.artifact import Artifact, StepContext
 from components.core import metrics as M
-from components.core.models import weights_bytes
+from components.core.models import family_of, weights_bytes
 from components.data.benchmarks import Item, bundled_path, load_benchmark, perturb
 from components.data.corpus import DataError, read_jsonl
 from components.data.instructions import Example, read_examples_jsonl
@@ -63,9 +63,16 @@ def check(cfg: EvaluateConfig) -> EvaluateConfig:
 def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
     """Score the model input; returns an `evaluation` artifact (scores.json, predictions.jsonl)."""
     model_step, model = next((n, a) for n, a in inputs.items() if a.kind == "model")
+    if family_of(AutoConfig.from_pretrained(model.path)) == "masked":  # a BERT classifier: scored by its labels
+        from components.evaluate import encoder
+
+        return encoder.run(cfg, inputs, ctx)
     instructions = next((a for a in inputs.values() if a.kind == "instructions"), None)
     corpus = next((a for a in inputs.values() if a.kind == "dataset"), None)
     tokenizer = AutoTokenizer.from_pretrained(model.path)
+    # Perplexity, the reference answer's likelihood and the benchmark options score a causal LM's
+    # next-token distribution; an encoder-decoder (T5) is scored on its generated answers only.
+    generate_only = family_of(AutoConfig.from_pretrained(model.path)) == "seq2seq"
 
     # 1. Work items: perplexity segments, instruction prompts, benchmark items (and perturbed copies).
     rows, requests = [], []
@@ -74,14 +81,15 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
         rows.append({"id": len(rows), "kind": kind, "text": text, "options": list(options), "tokens": list(tokens)})
         requests.append(request)
 
-    if corpus is not None:
+    if corpus is not None and not generate_only:
         for segment in _segments(read_jsonl(corpus.path / "validation.jsonl"), tokenizer, cfg.eval_tokens, cfg.segment_tokens):
             add(Request("ppl"), "nll", tokens=segment)
     if instructions is not None:
         for example in read_examples_jsonl(instructions.path / "test.jsonl")[: cfg.test_examples]:
             add(Request("instructions", example=example), "generate", example.prompt)
-            add(Request("response", example=example), "choice", example.prompt, [example.response + tokenizer.eos_token])
-    for task in cfg.benchmarks:
+            if not generate_only:
+                add(Request("response", example=example), "choice", example.prompt, [example.response + tokenizer.eos_token])
+    for task in [] if generate_only else cfg.benchmarks:
         for item in load_benchmark(task, cfg.benchmark_paths.get(task), limit=cfg.benchmark_limit):
             add(Request("benchmark", item=item), "choice", item.context, item.options)
             for kind in cfg.perturbations:
@@ -182,7 +190,8 @@ def summarise(requests: list[Request], results: list[dict], cfg: EvaluateConfig)
         scores["bleu"] = M.bleu(answers, references)
         # Teacher-forced: how likely the reference answer (and its eos) is, in nats per example.
         responses = [r["logprobs"][0] for q, r in zip(requests, results) if q.section == "response"]
-        scores["response_nll"] = -sum(responses) / len(responses)
+        if responses:  # none for a seq2seq model
+            scores["response_nll"] = -sum(responses) / len(responses)
         seconds = sum(r["seconds"] for _, r in instr)
         scores["tokens_per_s"] = sum(r["new_tokens"] for _, r in instr) / seconds if seconds else 0.0
 

@@ -1,0 +1,1 @@
+"""The classify phase: fine-tune a masked (BERT) encoder with a sequence or token classification head."""

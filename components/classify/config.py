@@ -1,0 +1,55 @@
+"""Typed config of the classify phase (the `with:` block of a `uses: classify` step)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from components.core.peft_methods import LoraSettings
+
+Task = Literal["sst2", "mnli", "ner"]
+LABELS = {"sst2": ("negative", "positive"), "mnli": ("entailment", "neutral", "contradiction")}  # ner: from the data
+
+
+class ClassifyConfig(BaseModel):
+    """Fine-tune a pretrained encoder with a task head under Ray Train; held-out accuracy before and after."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: Task = Field(..., description="sst2: sentiment (2 labels); mnli: premise/hypothesis entailment (3 labels); "
+                       "ner: named entities, one BIO tag per word (token classification).")
+    method: Literal["full", "lora"] = Field("full", description="full: every weight trains; lora: LoRA on attention "
+                                            "plus the new head (and pooler), merged into the weights before saving.")
+    lora: LoraSettings = Field(
+        default_factory=lambda: LoraSettings(r=8, alpha=16.0, dropout=0.0, target_modules=["query", "value"]),
+        description="LoRA rank, alpha, dropout and target modules (BERT names its projections query, key, value, dense).",
+    )
+    train_path: str | None = Field(None, description="Training file: GLUE TSV / jsonl (sst2, mnli) or CoNLL-2003 (ner); "
+                                   "None: `train_examples` generated from `data_seed`.")
+    test_path: str | None = Field(None, description="Held-out file in the same format; None: the bundled GLUE dev file "
+                                  "(sst2, mnli) or `test_examples` generated NER sentences disjoint from training.")
+    train_examples: int = Field(2000, ge=10, description="Generated training examples (when train_path is None).")
+    test_examples: int = Field(200, ge=10, description="Generated held-out NER sentences (ner with test_path None).")
+    data_seed: int = Field(1, description="Seed of the generated training data (the bundled dev files came from seed 0).")
+    max_length: int = Field(128, ge=8, description="Longest input in tokens; a longer example is an error naming its line "
+                            "(at most the model's n_positions).")
+    strategy: Literal["fsdp", "ddp"] = Field("ddp", description="Data-parallel strategy: DDP or FSDP2.")
+    max_steps: int = Field(150, ge=1, description="Optimizer steps.")
+    micro_batch_size: int = Field(16, ge=1, description="Examples per worker per step.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW); a tiny encoder takes a larger one than BERT-base's 2e-5.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW decoupled weight decay.")
+    warmup_steps: int = Field(15, ge=0, description="Linear warmup steps before the cosine decay.")
+    grad_clip: float = Field(1.0, gt=0, description="Clip the global gradient L2 norm to this value.")
+    baseline: bool = Field(False, description="Also fine-tune a freshly initialised encoder of the same size the same way "
+                           "(accuracy_scratch): what pretraining bought.")
+    log_every: int = Field(25, ge=1, description="Report training loss every N steps.")
+    eval_every: int = Field(50, ge=1, description="Held-out accuracy every N steps.")
+    checkpoint_every: int = Field(100, ge=1, description="Save a resumable checkpoint every N steps.")
+    max_failures: int = Field(3, ge=0, description="Worker-group restarts (from the last checkpoint) before the step fails.")
+    seed: int = Field(0, description="Seed of the head's initialisation and the data order.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.warmup_steps >= self.max_steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
+        return self

@@ -1,0 +1,121 @@
+"""Ray wiring of the classify phase: read and encode the task's data, score the untrained head,
+fine-tune (Ray Train), score again; optionally the same fine-tuning from a fresh encoder."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+
+from components import tracking, training
+from components.artifact import Artifact, StepContext
+from components.classify.config import LABELS, ClassifyConfig
+from components.classify.loop import build_classifier, train_loop
+from components.core.classification import encode_text, encode_words, frame, score
+from components.core.models import family_of
+from components.core.peft_methods import trainable_parameters
+from components.data import benchmarks, entities
+from components.data.corpus import DataError
+from components.report import plot_curves
+
+SHOWN = ("step", "loss", "heldout_accuracy")
+
+
+def run(cfg: ClassifyConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
+    """Fine-tune the masked model input on cfg.task; returns the classifier (a Hugging Face model dir)."""
+    base = next(a for a in inputs.values() if a.kind == "model")
+    config = AutoConfig.from_pretrained(base.path)
+    if family_of(config) != "masked":
+        raise ValueError(f"{base.uri}: classify fine-tunes a masked (bert) encoder, got a {config.model_type} model")
+
+    # 1. Data, checked before any worker starts: every example fits, every label is known.
+    tokenizer = frame(AutoTokenizer.from_pretrained(base.path))
+    max_length = min(cfg.max_length, config.max_position_embeddings)
+    train, test, labels = load_examples(cfg, tokenizer, max_length)
+    tracking.log_metrics(ctx.tracking_uri, ctx.run_id, {"train_examples": len(train), "test_examples": len(test)})
+
+    # 2. The untrained head on the pretrained encoder: about chance, what fine-tuning must beat.
+    model, _ = build_classifier(str(base.path), cfg, labels)
+    trainable, total = trainable_parameters(model)
+    before = score(model, test, labels, tokenizer.pad_token_id)
+    del model
+
+    # 3. Fine-tune; the export is the merged model with its label names and the tokenizer.
+    loop_config = {"cfg": cfg.model_dump(), "train": train, "test": test, "labels": labels, "base_dir": base.uri, "scratch": False}
+    export = training.fit(train_loop, loop_config, ctx, cfg.max_failures, SHOWN)
+    shutil.copytree(export / "model", ctx.output_dir, dirs_exist_ok=True)
+    shutil.rmtree(export)
+    after = score(_load(cfg, ctx.output_dir), test, labels, tokenizer.pad_token_id)
+    plot_curves(ctx)
+
+    metrics = {f"{k}_before": v for k, v in before.items()} | {f"{k}_after": v for k, v in after.items()}
+    metrics |= {"trainable_params": trainable, "trainable_share": trainable / total,
+                "train_examples": len(train), "test_examples": len(test)}
+
+    # 4. Optionally the same fine-tuning from a freshly initialised encoder: what pretraining bought.
+    if cfg.baseline:
+        run_id = tracking.trial_run(ctx.tracking_uri, ctx.run_id, ctx.cache_key, "scratch", {"scratch": True})
+        export = training.fit(train_loop, {**loop_config, "scratch": True}, ctx, cfg.max_failures, SHOWN, part="scratch", run_id=run_id)
+        scratch = score(_load(cfg, export / "model"), test, labels, tokenizer.pad_token_id)
+        shutil.rmtree(export)
+        tracking.log_metrics(ctx.tracking_uri, run_id, scratch)
+        tracking.end_run(ctx.tracking_uri, run_id)
+        metrics |= {f"{k}_scratch": v for k, v in scratch.items()}
+    tracking.log_metrics(ctx.tracking_uri, ctx.run_id, metrics)
+
+    headline = f"{cfg.task} accuracy {before['accuracy']:.1%} (untrained head) -> {after['accuracy']:.1%}"
+    if "entity_f1_after" in metrics:
+        headline += f", entity F1 {after['entity_f1']:.2f}"
+    if cfg.baseline:
+        headline += f"; from scratch {metrics['accuracy_scratch']:.1%}"
+    return Artifact(str(ctx.output_dir), "model", ctx.run_id, ctx.cache_key, metrics, headline)
+
+
+def _load(cfg: ClassifyConfig, model_dir: Path):
+    model_cls = AutoModelForTokenClassification if cfg.task == "ner" else AutoModelForSequenceClassification
+    return model_cls.from_pretrained(model_dir).eval()
+
+
+def load_examples(cfg: ClassifyConfig, tokenizer, max_length: int) -> tuple[list[dict], list[dict], list[str]]:
+    """(train, test, label names) of cfg.task, encoded; a bad example is an error naming its file:line."""
+    if cfg.task == "ner":
+        if cfg.train_path is None:
+            sentences = entities.generate(cfg.train_examples + cfg.test_examples, cfg.data_seed)  # distinct: disjoint splits
+            train, test = sentences[: cfg.train_examples], sentences[cfg.train_examples :]
+        elif cfg.test_path is None:
+            raise ValueError("test_path: a CoNLL train_path needs a held-out CoNLL test_path too")
+        else:
+            train, test = entities.read_conll(cfg.train_path), entities.read_conll(cfg.test_path)
+        labels = list(entities.LABELS if cfg.train_path is None else entities.label_set(train))
+        index = {name: i for i, name in enumerate(labels)}
+
+        def encode_sentence(n: int, s: entities.Sentence) -> dict:
+            where = s.where or f"generated sentence {n}"
+            unknown = [t for t in s.tags if t not in index]
+            if unknown:
+                raise DataError(f"{where}: tag {unknown[0]!r} does not occur in the training file")
+            return _encode(where, lambda: encode_words(tokenizer, list(s.words), [index[t] for t in s.tags], max_length))
+
+        return [encode_sentence(n, s) for n, s in enumerate(train)], [encode_sentence(n, s) for n, s in enumerate(test)], labels
+
+    test = benchmarks.labelled_texts(cfg.task, benchmarks.file_records(cfg.task, cfg.test_path))
+    if cfg.train_path is None:
+        held_out = {(text, pair) for _, text, pair, _ in test}
+        generated = benchmarks.generated_records(cfg.task, cfg.train_examples, cfg.data_seed)
+        train = [t for t in benchmarks.labelled_texts(cfg.task, [(f"generated record {i}", r) for i, r in enumerate(generated)])
+                 if (t[1], t[2]) not in held_out]
+    else:
+        train = benchmarks.labelled_texts(cfg.task, benchmarks.file_records(cfg.task, cfg.train_path))
+
+    def encode(where: str, text: str, pair: str | None, label: int) -> dict:
+        return _encode(where, lambda: encode_text(tokenizer, text, pair, label, max_length))
+
+    return [encode(*t) for t in train], [encode(*t) for t in test], list(LABELS[cfg.task])
+
+
+def _encode(where: str, make):
+    try:
+        return make()
+    except ValueError as e:
+        raise DataError(f"{where}: {e}") from e
