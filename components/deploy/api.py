@@ -57,6 +57,77 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: int | None = Field(None, ge=1, le=4096, description="Newer name of max_tokens.")
 
 
+class TextPair(BaseModel):
+    """Two texts classified together (natural language inference: premise and hypothesis)."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1, description="The first text (e.g. the premise).")
+    text_pair: str = Field(min_length=1, description="The second text (e.g. the hypothesis).")
+
+
+class ClassifyRequest(BaseModel):
+    """POST /v1/classify: label texts with a served sequence classifier, or each word with a token classifier."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = Field(None, description="A served model id from GET /v1/models (default: the served model).")
+    input: str | TextPair | list[str | TextPair] = Field(
+        description="One text, a text pair, or a list of up to 64 of them (pairs: sequence classifiers only).")
+    aggregation: Literal["word", "entity"] = Field(
+        "word", description="Token classifiers: one entry per labelled word, or consecutive B-X/I-X words merged into "
+        "one entity X. Words labelled O are left out.")
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _inputs(cls, value):
+        # Checked here rather than by the union, whose errors would name its branches ("input.str").
+        items = value if isinstance(value, list) else [value]
+        if not items or len(items) > 64:
+            raise ValueError("between 1 and 64 inputs")
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                if not item.strip():
+                    raise ValueError(f"input {i} is empty")
+            elif not (isinstance(item, dict) and set(item) == {"text", "text_pair"}
+                      and all(isinstance(v, str) and v.strip() for v in item.values())):
+                raise ValueError(f"input {i}: expected a text or {{\"text\": ..., \"text_pair\": ...}} with two non-empty texts")
+        return items
+
+    def items(self) -> list[tuple[str, str | None]]:
+        """The inputs as (text, text_pair or None)."""
+        return [(i, None) if isinstance(i, str) else (i.text, i.text_pair) for i in self.input]
+
+
+class LabelScore(BaseModel):
+    """One input's label from a sequence classifier."""
+
+    index: int = Field(description="Position of the input in the request.")
+    label: str = Field(description="The most probable label (the model's config.id2label).")
+    score: float = Field(description="Its probability.")
+    scores: dict[str, float] = Field(description="Every label's probability; they sum to 1.")
+
+
+class Entity(BaseModel):
+    """A labelled word (or, with aggregation=entity, a span of words) of the input text."""
+
+    word: str = Field(description="The text of the word or span, as in the input.")
+    entity: str = Field(description="Its label (aggregation=entity: the type X of its B-X/I-X labels).")
+    start: int = Field(description="Character offset of its first character in the input text.")
+    end: int = Field(description="Character offset just past its last character.")
+    score: float = Field(description="The label's probability (aggregation=entity: the mean over its words).")
+
+
+class Tagged(BaseModel):
+    """One input's entities from a token classifier."""
+
+    index: int = Field(description="Position of the input in the request.")
+    entities: list[Entity] = Field(description="Its labelled words in text order.")
+
+
+def classify_body(model: str, data: list[LabelScore] | list[Tagged]) -> dict:
+    """A /v1/classify response: {"object": "list", "data": [...], "model"}."""
+    return {"object": "list", "data": [d.model_dump() for d in data], "model": model}
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int

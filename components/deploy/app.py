@@ -3,6 +3,7 @@
     GET  /v1/models            the served model and its LoRA adapters, with registry metadata
     POST /v1/completions       prompt(s) -> text; `stream: true` sends server-sent events
     POST /v1/chat/completions  messages -> the model's chat template -> text
+    POST /v1/classify          texts (or text pairs) -> labels, or words -> entities (classifiers)
     GET  /health, /ready       liveness; readiness (model loaded)
 
 Requests merge into dynamic batches (`serve.batch`): one `generate` call per sampling setting
@@ -10,6 +11,9 @@ in a batch. Adapters are multiplexed (`serve.multiplexed`) over one copy of thei
 chosen by the request's `model`. Overload is answered with 429 + Retry-After by the replica
 (more than `max_ongoing_requests` in flight) or 503 by Serve (its queue is full), never a hang.
 Only the models named at deploy time can be served: a request names an id, never a path.
+The model's kind (components/deploy/kinds.py) sets its routes: a causal or seq2seq (T5) model
+answers the two completion routes, a classifier /v1/classify; another route is a 404 that says
+which routes the model serves.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures' types at runtime.
@@ -26,7 +30,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from components.core.models import context_length
-from components.deploy import api
+from components.deploy import api, classify, kinds
 from components.deploy.config import DeployConfig
 from components.deploy.generation import Completion, Params, batch_wait_s, count_tokens, generate, stream
 from components.storage import localize
@@ -113,13 +117,15 @@ class _Adapter:
 class OpenAIServer:
     def __init__(self, settings: dict, model: dict, adapters: dict):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         torch.set_num_threads(max(1, int(settings["cpus_per_replica"])))
         self.cfg = DeployConfig.model_validate(settings)
         self.name, self.metadata = model["id"], model.get("metadata", {})
         path = localize(model["path"])  # a copy on this node when the run's storage is an object store
-        self.model = AutoModelForCausalLM.from_pretrained(path).eval()  # safetensors only
+        self.kind = kinds.kind_at(path)
+        self.model = kinds.auto_class(self.kind).from_pretrained(path).eval()  # safetensors only
+        self.labels = kinds.labels(self.model) if self.kind in kinds.CLASSIFIERS else None
         if self.cfg.gpus_per_replica > 0 and torch.cuda.is_available():
             self.model.to("cuda")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -139,6 +145,7 @@ class OpenAIServer:
         self.batch_size = metrics.Histogram("lifecycle_batch_size", description="Requests per generate batch.",
                                             boundaries=[1, 2, 4, 8, 16, 32, 64])
         self.batched_generate.set_max_batch_size(self.cfg.max_batch_size)
+        self.batched_classify.set_max_batch_size(self.cfg.max_batch_size)
         self.last_batch = (0, 0.0)  # (requests, time.monotonic() at its end): sets the next batch's wait
 
     # --- routes ---------------------------------------------------------------------------
@@ -155,12 +162,14 @@ class OpenAIServer:
     def models(self, request: Request):
         self._authorize(request)
         entries = [(self.name, self.metadata)] + [(k, v.get("metadata", {})) for k, v in self.adapters.items()]
+        extra = {"kind": self.kind, "routes": list(kinds.ROUTES[self.kind]), **({"labels": self.labels} if self.labels else {})}
         return {"object": "list", "data": [{"id": k, "object": "model", "created": 0, "owned_by": "llm-lifecycle",
-                                            "metadata": meta} for k, meta in entries]}
+                                            "metadata": meta, **extra} for k, meta in entries]}
 
     @app.post("/v1/completions")
     async def completions(self, body: api.CompletionRequest, request: Request):
         self._authorize(request)
+        self._route("/v1/completions")
         params = self._params(body, body.max_tokens)
         prompts = [self._check_prompt(p, params) for p in body.prompt]
         if body.stream:
@@ -175,6 +184,7 @@ class OpenAIServer:
     @app.post("/v1/chat/completions")
     async def chat(self, body: api.ChatCompletionRequest, request: Request):
         self._authorize(request)
+        self._route("/v1/chat/completions")
         if body.messages[-1].role == "assistant":
             raise ApiError(400, "the last message must not be the assistant's", param="messages")
         prompt = self.tokenizer.apply_chat_template([m.model_dump() for m in body.messages], tokenize=False,
@@ -190,7 +200,49 @@ class OpenAIServer:
             done = await asyncio.gather(*(self.batched_generate(body.model, prompt, params) for _ in range(body.n)))
         return api.chat_body(body.model, [(c.text, c.finish_reason) for c in done], _usage(done, body.n))
 
+    @app.post("/v1/classify")
+    async def classify_texts(self, body: api.ClassifyRequest, request: Request):
+        self._authorize(request)
+        self._route("/v1/classify")
+        model_id = body.model or self.name
+        if model_id != self.name:
+            raise ApiError(404, f"model {model_id!r} is not served here (see GET /v1/models)", param="model",
+                           code="model_not_found")
+        items = body.items()
+        if self.kind == "token-classification" and any(pair is not None for _, pair in items):
+            raise ApiError(400, "a token classifier labels the words of one text: send texts, not text pairs", param="input")
+        for i, item in enumerate(items):
+            tokens = classify.input_tokens(self.tokenizer, item)
+            if tokens > self.context:
+                raise ApiError(400, f"input {i} ({tokens} tokens) exceeds the model's context of {self.context} tokens",
+                               param="input", code="context_length_exceeded")
+        with self._slot():
+            self._set_batch_wait(self.batched_classify)
+            done = await asyncio.gather(*(self.batched_classify(item) for item in items))
+        if self.kind == "sequence-classification":
+            data = [api.LabelScore(index=i, label=label, score=score, scores=scores)
+                    for i, scores in enumerate(done) for label, score in [classify.best(scores)]]
+        else:
+            data = [api.Tagged(index=i, entities=[
+                        api.Entity(word=w.word, entity=w.entity, start=w.start, end=w.end, score=w.score)
+                        for w in classify.entities(text, words, body.aggregation)])
+                    for i, ((text, _), words) in enumerate(zip(items, done))]
+        return api.classify_body(model_id, data)
+
     # --- batching and models ----------------------------------------------------------------
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)  # size set from the config in __init__, wait per request
+    async def batched_classify(self, items: list[classify.Item]) -> list:
+        """A dynamic batch of classifier inputs: one forward pass; label probabilities, or labelled words, per input."""
+        self.batch_size.observe(len(items))
+        async with self.lock:
+            # On the event loop, as generation is (see batched_generate).
+            if self.kind == "sequence-classification":
+                out = classify.classify(self.model, self.tokenizer, items, self.labels)
+            else:
+                out = classify.tag(self.model, self.tokenizer, [text for text, _ in items], self.labels)
+        self.last_batch = (len(items), time.monotonic())
+        return out
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)  # size set from the config in __init__, wait per request
     async def batched_generate(self, models: list[str], prompts: list[str], params: list[Params]) -> list[Completion]:
@@ -212,10 +264,11 @@ class OpenAIServer:
         self.last_batch = (len(prompts), time.monotonic())
         return results
 
-    def _set_batch_wait(self) -> None:
+    def _set_batch_wait(self, batched=None) -> None:
         """Before a request joins the batch queue: wait for a fuller batch only under concurrent load."""
         size, ended = self.last_batch
-        self.batched_generate.set_batch_wait_timeout_s(batch_wait_s(size, time.monotonic() - ended, self.cfg.batch_wait_timeout_s))
+        (batched or self.batched_generate).set_batch_wait_timeout_s(
+            batch_wait_s(size, time.monotonic() - ended, self.cfg.batch_wait_timeout_s))
 
     def _run(self, model, model_id: str, prompts: list[str], params: Params) -> list[Completion]:
         if model is self.peft:
@@ -233,12 +286,11 @@ class OpenAIServer:
     @serve.multiplexed(max_num_models_per_replica=4)
     async def adapter(self, model_id: str) -> _Adapter:
         import peft
-        from transformers import AutoModelForCausalLM
 
         spec = self.adapters[model_id]
         async with self.lock:
             if self.peft is None:
-                base = AutoModelForCausalLM.from_pretrained(spec["base_path"]).eval()
+                base = kinds.auto_class(self.kind).from_pretrained(spec["base_path"]).eval()
                 self.peft = peft.PeftModel.from_pretrained(base, spec["path"], adapter_name=self.peft_names[model_id]).eval()
             else:
                 self.peft.load_adapter(spec["path"], adapter_name=self.peft_names[model_id])
@@ -248,6 +300,12 @@ class OpenAIServer:
 
     def _authorize(self, request: Request) -> None:
         authorize(request, self.api_key)
+
+    def _route(self, route: str) -> None:
+        """A 404 naming the routes this model serves when `route` is not one of them."""
+        if route not in kinds.ROUTES[self.kind]:
+            raise ApiError(404, f"model {self.name!r} is a {self.kind} model: it serves POST "
+                           f"{' and '.join(kinds.ROUTES[self.kind])}, not {route}", code="unsupported_route")
 
     def _params(self, body, max_tokens: int | None) -> Params:
         if body.model != self.name and body.model not in self.adapters:
@@ -261,6 +319,11 @@ class OpenAIServer:
 
     def _check_prompt(self, prompt: str, params: Params) -> str:
         tokens = count_tokens(self.tokenizer, prompt)
+        if self.kind == "seq2seq":  # the encoder reads the prompt and eos, the decoder writes max_tokens: each within the context
+            if max(tokens + 1, params.max_tokens) > self.context:
+                raise ApiError(400, f"prompt ({tokens} tokens + eos) or max_tokens ({params.max_tokens}) exceeds the model's "
+                               f"context of {self.context} tokens", param="prompt", code="context_length_exceeded")
+            return prompt
         if tokens + params.max_tokens > self.context:
             raise ApiError(400, f"prompt ({tokens} tokens) + max_tokens ({params.max_tokens}) exceeds the model's "
                            f"context of {self.context} tokens", param="prompt", code="context_length_exceeded")

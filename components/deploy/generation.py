@@ -61,23 +61,42 @@ def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
     return (text[: min(hits)], True) if hits else (text, False)
 
 
+def is_seq2seq(model) -> bool:
+    """An encoder-decoder (T5): the prompt goes to the encoder and the output does not echo it."""
+    return bool(getattr(model.config, "is_encoder_decoder", False))
+
+
+def prompt_ids(tokenizer, prompt: str, seq2seq: bool = False) -> list[int]:
+    """The token ids a prompt is fed as; an encoder's input ends with eos, as T5 is pretrained
+    (components/core/objectives.py span_corruption) and fine-tuned."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return ids + [tokenizer.eos_token_id] if seq2seq else ids
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], params: Params) -> list[Completion]:
     """One completion per prompt, from a single left-padded batched `generate` call.
 
     With a seed, sampling restarts from it for this call, so the same request (alone in its
-    group, which the server ensures) gives the same text.
+    group, which the server ensures) gives the same text. An encoder-decoder's prompts are
+    right-padded (the encoder attends both ways) and its output starts with the decoder's start
+    token, not the prompt.
     """
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    seq2seq = is_seq2seq(model)
+    encoded = [prompt_ids(tokenizer, p, seq2seq) for p in prompts]
     width = max(map(len, encoded))
     device = next(model.parameters()).device
-    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded], device=device)
-    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+
+    def padded(row, fill):
+        return row + [fill] * (width - len(row)) if seq2seq else [fill] * (width - len(row)) + row
+
+    ids = torch.tensor([padded(e, tokenizer.pad_token_id) for e in encoded], device=device)
+    mask = torch.tensor([padded([1] * len(e), 0) for e in encoded], device=device)
     if params.seed is not None:
         torch.manual_seed(params.seed)
     out = model.generate(input_ids=ids, attention_mask=mask, **_sampling(params, tokenizer))
     completions = []
-    for prompt_ids, row in zip(encoded, out[:, width:].tolist()):
+    for fed, row in zip(encoded, out[:, 1 if seq2seq else width:].tolist()):
         finish = "length"
         if tokenizer.eos_token_id in row:
             row, finish = row[: row.index(tokenizer.eos_token_id)], "stop"
@@ -87,7 +106,7 @@ def generate(model, tokenizer, prompts: list[str], params: Params) -> list[Compl
             finish, generated = "stop", count_tokens(tokenizer, text)
         else:
             generated = len(row) + (finish == "stop")  # the eos counts as generated
-        completions.append(Completion(text, finish, len(prompt_ids), generated))
+        completions.append(Completion(text, finish, len(fed), generated))
     return completions
 
 
@@ -102,7 +121,8 @@ def stream(model, tokenizer, prompt: str, params: Params) -> Iterator[tuple[str,
             return cancel.is_set()
 
     cancel = threading.Event()
-    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
+    ids = torch.tensor([prompt_ids(tokenizer, prompt, is_seq2seq(model))], device=next(model.parameters()).device)
+    # skip_prompt skips generate's first output: the prompt, or an encoder-decoder's start token.
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
     if params.seed is not None:
         torch.manual_seed(params.seed)

@@ -64,8 +64,12 @@ def prepare(ref: str, settings: dict[str, Any], workdir: Path,
     if not (model_dir / "config.json").exists():
         raise ValueError(f"{ref}: its files are gone ({model_dir})")
 
-    from components.deploy.step import adapters_of
+    from components.deploy.step import adapters_of, check_servable
 
+    try:
+        check_servable(cfg, str(model_dir))
+    except ValueError as e:
+        raise ValueError(f"{who}: {ref}: {e}") from None
     served = cfg.served_name or found["name"]
     metadata = {"registered_model": found["name"], "version": found["version"], "run_id": found["run_id"]}
     # A replica may start on another node: an object-store model travels as its URI and each

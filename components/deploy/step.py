@@ -1,5 +1,7 @@
 """Ray wiring of the deploy phase: put the approved model (and its LoRA adapter) behind the OpenAI API on Ray Serve.
 
+A causal or seq2seq model answers the completion routes, a classifier /v1/classify (components/deploy/kinds.py).
+
 The step starts (or updates) a Serve application, waits until it answers, points the registry
 alias (`production`) at the served version and logs the endpoint to the step's run. Serve
 applications outlive the driver on a cluster; locally `lifecycle run` keeps serving until Ctrl-C.
@@ -74,6 +76,7 @@ def start(cfg: DeployConfig, model: dict[str, Any], adapters: dict[str, dict[str
 
     from components.deploy.app import build
 
+    check_servable(cfg, model["path"])
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build(cfg, model, adapters), name=cfg.app_name, route_prefix="/", blocking=False)
     base = local_url(cfg.host, cfg.port)
@@ -83,6 +86,21 @@ def start(cfg: DeployConfig, model: dict[str, Any], adapters: dict[str, dict[str
 
         rag.start(cfg.rag, model, cfg.port, cfg.host, timeout_s, adapters=list(adapters))
     return f"{base}/v1"
+
+
+def check_servable(cfg: DeployConfig, model_path: str) -> str:
+    """The kind of the model at `model_path` (components/deploy/kinds.py), before anything is deployed.
+
+    ValueError when no route serves it (a bare masked LM), or when `rag` is set and the model is
+    not a causal LM: the RAG route writes its answers with the endpoint's causal chat model.
+    """
+    from components.deploy import kinds
+
+    kind = kinds.kind_at(storage.localize(model_path))
+    if cfg.rag is not None and kind != "causal":
+        raise ValueError(f"field 'rag': the RAG route answers with a causal LM, and this model is a {kind} model; "
+                         "leave rag out (its routes are " + ", ".join(kinds.ROUTES[kind]) + ")")
+    return kind
 
 
 def rag_url(cfg: DeployConfig) -> str | None:
