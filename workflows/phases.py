@@ -46,6 +46,12 @@ PHASES: dict[str, Phase] = {
     "finetune": Phase(
         "components.finetune.config:FinetuneConfig", "components.finetune.step:run", ("model", "instructions", "dataset"), "model",
         "instruction-tune a model (LoRA, prompt tuning, IA3, selective or full) with Ray Train; optional Ray Tune rank sweep",
+        families=("causal", "seq2seq"),
+    ),
+    "classify": Phase(
+        "components.classify.config:ClassifyConfig", "components.classify.step:run", ("model",), "model",
+        "fine-tune a masked (BERT) encoder with a sequence (sst2, mnli) or token (ner) classification head with Ray Train",
+        families=("masked",),
     ),
     "preferences": Phase(
         "components.data.preferences:PreferenceDataConfig", "components.data.step:run_preferences", ("instructions?",),
@@ -67,6 +73,7 @@ PHASES: dict[str, Phase] = {
     "quantize": Phase(
         "components.compress.config:QuantizeConfig", "components.compress.step:run_quantize", ("model", "instructions"), "model",
         "quantize a merged model (fp16/bf16, int8 dynamic, int8/int4 weight-only); size, CPU speed and exact match next to the source",
+        families=("causal", "seq2seq"),
     ),
     "distill": Phase(
         "components.compress.config:DistillConfig", "components.compress.step:run_distill", ("model", "instructions"), "model",
@@ -79,7 +86,7 @@ PHASES: dict[str, Phase] = {
     "evaluate": Phase(
         "components.evaluate.config:EvaluateConfig", "components.evaluate.step:run", ("model", "instructions?", "dataset?"),
         "evaluation", "score a model (perplexity, exact match, ROUGE, BLEU, benchmark suites) on Ray Data replicas",
-        check="components.evaluate.step:check",
+        check="components.evaluate.step:check", families=("causal", "masked", "seq2seq"),
     ),
     "gate": Phase(
         "components.evaluate.config:GateConfig", "components.evaluate.gate:run", ("evaluation",), "approval",
@@ -88,14 +95,15 @@ PHASES: dict[str, Phase] = {
     ),
     "deploy": Phase(
         "components.deploy.config:DeployConfig", "components.deploy.step:run", ("approval",), "endpoint",
-        "serve the approved model (and its LoRA adapter) behind an OpenAI-compatible API on Ray Serve",
-        cache=False,
+        "serve the approved model (and its LoRA adapter) behind an OpenAI-compatible API on Ray Serve "
+        "(causal and seq2seq: completions; classifiers: /v1/classify)",
+        cache=False, families=("causal", "masked", "seq2seq"),
     ),
 }
 
 
 # Phases that train their model input (and merge adapters into it): never after a quantize step.
-TRAINS_WEIGHTS = {"finetune", "reward", "ppo", "dpo", "distill", "prune"}
+TRAINS_WEIGHTS = {"finetune", "classify", "reward", "ppo", "dpo", "distill", "prune"}
 
 
 def load(ref: str):

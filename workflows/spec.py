@@ -207,6 +207,10 @@ def _check_families(spec: WorkflowSpec, configs: dict[str, BaseModel], order: li
                     f"step '{name}' ({step.uses}) does not apply to {FAMILY_NAMES[family[name]]} model "
                     f"(from '{source}', architecture {configs[source].model.architecture}): {step.uses} applies to {applies} models")
             )
+        if step.uses == "deploy" and family[name] != "causal" and getattr(configs[name], "rag", None) is not None:
+            raise SpecError(_at(path, lines, ("steps", name, "with", "rag"),
+                                f"step '{name}', field 'rag': the RAG route answers with a causal LM, and this model is "
+                                f"{FAMILY_NAMES[family[name]]} one; leave rag out"))
         if step.uses == "pretrain":
             tokenizers = [n for n in step.needs if spec.steps[n].uses == "tokenizer"]
             tok = configs[tokenizers[0]] if tokenizers else None
