@@ -1,7 +1,6 @@
 """The encoder family's pieces: BERT masking statistics, the task heads on a tiny bert, the framed
 inputs and label alignment, the classify phase's data, and the validator's family checks."""
 
-import textwrap
 
 import pytest
 import torch
@@ -16,7 +15,6 @@ from components.core.tagging import IGNORE
 from components.data.config import TokenizerConfig
 from components.data.corpus import DataError
 from components.data.tokenizer import train_bpe
-from workflows.spec import SpecError, load_spec
 
 DOCS = [f"the film {i} is good and the plot of the story is bad but the cast in Paris works for Acme {i * 7}." for i in range(300)]
 
@@ -132,50 +130,6 @@ def test_a_too_long_training_file_line_is_named(pretrained, tmp_path):
     tok = build_classifier(str(pretrained), cfg, ["negative", "positive"])[1]
     with pytest.raises(DataError, match=rf"{path}:3: \d+ tokens, more than max_length 64"):
         load_examples(cfg, tok, 64)
-
-
-def _spec(tmp_path, text):
-    path = tmp_path / "spec.yaml"
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def test_the_validator_refuses_classify_on_a_causal_model_and_finetune_on_bert(tmp_path):
-    gpt2 = _spec(tmp_path, """\
-        name: t
-        steps:
-          corpus: {uses: data}
-          tokenizer: {uses: tokenizer, needs: [corpus]}
-          pretrain: {uses: pretrain, needs: [corpus, tokenizer]}
-          sst2: {uses: classify, needs: [pretrain], with: {task: sst2}}
-        """)
-    with pytest.raises(SpecError, match=r"spec.yaml:6: step 'sst2' \(classify\) does not apply to a causal"):
-        load_spec(gpt2)
-    bert = _spec(tmp_path, """\
-        name: t
-        steps:
-          corpus: {uses: data}
-          tokenizer: {uses: tokenizer, needs: [corpus], with: {mask_token: "<mask>"}}
-          pretrain: {uses: pretrain, needs: [corpus, tokenizer], with: {model: {architecture: bert}}}
-          instructions: {uses: instructions}
-          finetune: {uses: finetune, needs: [pretrain, instructions, corpus]}
-          sst2: {uses: classify, needs: [pretrain], with: {task: sst2}}
-        """)
-    with pytest.raises(SpecError, match=r"spec.yaml:7: step 'finetune' \(finetune\) does not apply to a masked"):
-        load_spec(bert)
-
-
-def test_the_validator_names_a_bad_classify_field(tmp_path):
-    path = _spec(tmp_path, """\
-        name: t
-        steps:
-          corpus: {uses: data}
-          tokenizer: {uses: tokenizer, needs: [corpus], with: {mask_token: "<mask>"}}
-          pretrain: {uses: pretrain, needs: [corpus, tokenizer], with: {model: {architecture: bert}}}
-          cola: {uses: classify, needs: [pretrain], with: {task: cola}}
-        """)
-    with pytest.raises(SpecError, match=r"spec.yaml:6: step 'cola', field 'task'"):
-        load_spec(path)
 
 
 def test_evaluate_scores_a_classifier_on_the_suites_it_has_labels_for(pretrained, tmp_path):

@@ -118,3 +118,41 @@ def test_the_validator_refuses_rag_on_a_model_that_is_not_causal(tmp_path):
     with pytest.raises(SpecError, match=r"spec.yaml:9: step 'deploy', field 'rag': the RAG route answers with a causal LM"):
         load_spec(path)
     assert load_spec(path, ["deploy.rag=null"]).configs["deploy"].rag is None
+
+
+def test_the_validator_refuses_classify_on_a_causal_model_and_finetune_on_bert(tmp_path):
+    gpt2 = _spec(tmp_path, """\
+        name: t
+        steps:
+          corpus: {uses: data}
+          tokenizer: {uses: tokenizer, needs: [corpus]}
+          pretrain: {uses: pretrain, needs: [corpus, tokenizer]}
+          sst2: {uses: classify, needs: [pretrain], with: {task: sst2}}
+        """)
+    with pytest.raises(SpecError, match=r"spec.yaml:6: step 'sst2' \(classify\) does not apply to a causal"):
+        load_spec(gpt2)
+    bert = _spec(tmp_path, """\
+        name: t
+        steps:
+          corpus: {uses: data}
+          tokenizer: {uses: tokenizer, needs: [corpus], with: {mask_token: "<mask>"}}
+          pretrain: {uses: pretrain, needs: [corpus, tokenizer], with: {model: {architecture: bert}}}
+          instructions: {uses: instructions}
+          finetune: {uses: finetune, needs: [pretrain, instructions, corpus]}
+          sst2: {uses: classify, needs: [pretrain], with: {task: sst2}}
+        """)
+    with pytest.raises(SpecError, match=r"spec.yaml:7: step 'finetune' \(finetune\) does not apply to a masked"):
+        load_spec(bert)
+
+
+def test_the_validator_names_a_bad_classify_field(tmp_path):
+    path = _spec(tmp_path, """\
+        name: t
+        steps:
+          corpus: {uses: data}
+          tokenizer: {uses: tokenizer, needs: [corpus], with: {mask_token: "<mask>"}}
+          pretrain: {uses: pretrain, needs: [corpus, tokenizer], with: {model: {architecture: bert}}}
+          cola: {uses: classify, needs: [pretrain], with: {task: cola}}
+        """)
+    with pytest.raises(SpecError, match=r"spec.yaml:6: step 'cola', field 'task'"):
+        load_spec(path)
