@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from transformers import DataCollatorForLanguageModeling
 
+from components.core.models import family_of
+
 
 def causal_lm(blocks: torch.Tensor) -> dict[str, torch.Tensor]:
     """Next-token prediction: inputs and labels are the block itself."""
@@ -108,7 +110,7 @@ def token_accuracy(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     """
     logits = model(**batch).logits
     labels = batch["labels"]
-    if not getattr(model.config, "is_encoder_decoder", False) and model.config.model_type not in ("bert", "roberta"):
+    if family_of(model) == "causal":
         logits, labels = logits[:, :-1], labels[:, 1:]
     scored = labels != -100
     return int(((logits.argmax(-1) == labels) & scored).sum()), int(scored.sum())
