@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from components.core.peft_methods import LoraSettings
+from components.finetune.config import SweepConfig
 
 Task = Literal["sst2", "mnli", "ner"]
 LABELS = {"sst2": ("negative", "positive"), "mnli": ("entailment", "neutral", "contradiction")}  # ner: from the data
@@ -47,9 +48,21 @@ class ClassifyConfig(BaseModel):
     checkpoint_every: int = Field(100, ge=1, description="Save a resumable checkpoint every N steps.")
     max_failures: int = Field(3, ge=0, description="Worker-group restarts (from the last checkpoint) before the step fails.")
     seed: int = Field(0, description="Seed of the head's initialisation and the data order.")
+    sweep: SweepConfig | None = Field(
+        None, description="Run a Ray Tune sweep over LoRA rank (method lora) instead of one training run: trials are "
+        "ranked by accuracy on `validation_fraction` of the training data, and the best one is scored on the test set.",
+    )
+    validation_fraction: float = Field(
+        0.1, gt=0, lt=0.5, description="With a sweep: share of the training examples held out (seeded) to rank the "
+        "trials by, so that the test set never picks the winner.",
+    )
 
     @model_validator(mode="after")
     def _check(self):
         if self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
+        if self.sweep is not None and self.method != "lora":
+            raise ValueError(f"sweep searches LoRA rank: it needs method 'lora', not {self.method!r}")
+        if self.sweep is not None and self.baseline:
+            raise ValueError("baseline and sweep: fine-tune from scratch in a step of its own")
         return self

@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
 from components import tracking, training
@@ -41,17 +43,24 @@ def run(cfg: ClassifyConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     before = score(model, test, labels, tokenizer.pad_token_id)
     del model
 
-    # 3. Fine-tune; the export is the merged model with its label names and the tokenizer.
+    # 3. Fine-tune (or sweep LoRA rank); the export is the merged model with its label names and the tokenizer.
     loop_config = {"cfg": cfg.model_dump(), "train": train, "test": test, "labels": labels, "base_dir": base.uri, "scratch": False}
-    export = training.fit(train_loop, loop_config, ctx, cfg.max_failures, SHOWN)
+    best = {}
+    if cfg.sweep is None:
+        export = training.fit(train_loop, loop_config, ctx, cfg.max_failures, SHOWN)
+    else:
+        export, best = _sweep(cfg, loop_config, ctx)
+        trainable, _ = trainable_parameters(build_classifier(str(base.path), cfg.model_copy(update={
+            "lora": cfg.lora.model_copy(update={"r": best["r"], "alpha": best["alpha"]})}), labels)[0])
     shutil.copytree(export / "model", ctx.output_dir, dirs_exist_ok=True)
     shutil.rmtree(export)
     after = score(_load(cfg, ctx.output_dir), test, labels, tokenizer.pad_token_id)
-    plot_curves(ctx)
+    if cfg.sweep is None:
+        plot_curves(ctx)
 
     metrics = {f"{k}_before": v for k, v in before.items()} | {f"{k}_after": v for k, v in after.items()}
     metrics |= {"trainable_params": trainable, "trainable_share": trainable / total,
-                "train_examples": len(train), "test_examples": len(test)}
+                "train_examples": len(train), "test_examples": len(test), **{f"best_{k}": v for k, v in best.items()}}
 
     # 4. Optionally the same fine-tuning from a freshly initialised encoder: what pretraining bought.
     if cfg.baseline:
@@ -69,7 +78,26 @@ def run(cfg: ClassifyConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
         headline += f", entity F1 {after['entity_f1']:.2f}"
     if cfg.baseline:
         headline += f"; from scratch {metrics['accuracy_scratch']:.1%}"
+    if best:
+        headline += f"; best of {best['trials']} LoRA ranks: {best['r']}"
     return Artifact(str(ctx.output_dir), "model", ctx.run_id, ctx.cache_key, metrics, headline)
+
+
+def _sweep(cfg: ClassifyConfig, loop_config: dict, ctx: StepContext) -> tuple[Path, dict]:
+    """A Ray Tune sweep over LoRA rank (components/finetune/sweep.py): each trial trains on the training
+    examples less a seeded `validation_fraction`, and is ranked by its accuracy there."""
+    from components.finetune.sweep import run_sweep
+
+    train = loop_config["train"]
+    order = np.random.default_rng(cfg.seed).permutation(len(train))
+    cut = max(1, int(len(train) * cfg.validation_fraction))
+    held = {"train": [train[i] for i in order[cut:]], "test": [train[i] for i in order[:cut]]}
+    return run_sweep(cfg, {**loop_config, **held}, ctx, trainer_for, metric="heldout_accuracy", mode="max")
+
+
+def trainer_for(cfg: ClassifyConfig, loop_config: dict, ctx: StepContext, name: str, callbacks: list):
+    """One distributed classify run (a sweep trial's): ctx.workers Ray Train workers."""
+    return training.trainer(train_loop, {**loop_config, "cfg": cfg.model_dump()}, ctx, name, cfg.max_failures, callbacks)
 
 
 def _load(cfg: ClassifyConfig, model_dir: Path):

@@ -157,3 +157,11 @@ def test_evaluate_scores_a_classifier_on_the_suites_it_has_labels_for(pretrained
     assert result.metrics["accuracy"] == result.metrics["accuracy_sst2"] == tracking.run_metrics(uri, run_id)["accuracy_sst2"]
     with pytest.raises(ValueError, match="evaluate scores an encoder only as a sequence classifier"):
         evaluate(pretrained)  # a bare masked LM: nothing to score it by
+
+
+def test_a_sweep_searches_lora_rank_and_keeps_its_own_baseline_out():
+    with pytest.raises(ValueError, match="needs method 'lora'"):
+        ClassifyConfig(task="ner", sweep={"ranks": [2, 8]})
+    with pytest.raises(ValueError, match="baseline and sweep"):
+        ClassifyConfig(task="ner", method="lora", baseline=True, sweep={"ranks": [2, 8]})
+    assert ClassifyConfig(task="ner", method="lora", sweep={"ranks": [2, 8]}).sweep.ranks == [2, 8]
