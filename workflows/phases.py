@@ -76,8 +76,9 @@ PHASES: dict[str, Phase] = {
         families=("causal", "seq2seq"),
     ),
     "distill": Phase(
-        "components.compress.config:DistillConfig", "components.compress.step:run_distill", ("model", "instructions"), "model",
-        "distil the model into a smaller student (its own layers, narrower MLPs) on its softened distribution, with Ray Train",
+        "components.compress.config:DistillConfig", "components.compress.step:run_distill", ("model", "instructions?"), "model",
+        "distil the model into a smaller student (its own layers, narrower MLPs) on its softened distribution, with Ray Train; "
+        "a classifier on its task's data", families=("causal", "masked"),
     ),
     "prune": Phase(
         "components.compress.config:PruneConfig", "components.compress.step:run_prune", ("model", "instructions"), "model",

@@ -207,6 +207,10 @@ def _check_families(spec: WorkflowSpec, configs: dict[str, BaseModel], order: li
                     f"step '{name}' ({step.uses}) does not apply to {FAMILY_NAMES[family[name]]} model "
                     f"(from '{source}', architecture {configs[source].model.architecture}): {step.uses} applies to {applies} models")
             )
+        if step.uses == "distill" and family[name] == "causal" and not any(spec.steps[n].uses == "instructions" for n in step.needs):
+            raise SpecError(_at(path, lines, ("steps", name, "needs"),
+                                f"step '{name}', field 'needs': distilling a causal model trains the student on instructions: "
+                                "add an instructions step to needs"))
         if step.uses == "deploy" and family[name] != "causal" and getattr(configs[name], "rag", None) is not None:
             raise SpecError(_at(path, lines, ("steps", name, "with", "rag"),
                                 f"step '{name}', field 'rag': the RAG route answers with a causal LM, and this model is "

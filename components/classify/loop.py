@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoMod
 
 from components.classify.config import ClassifyConfig
 from components.core.classification import collate, frame, score
+from components.core.distill import classifier_distillation_loss
 from components.core.parallel import wrap
 from components.core.peft_methods import trainable_parameters
 from components.finetune.loop import batch_rows, mean_over_workers, save_and_report
@@ -59,6 +60,11 @@ def train_loop(config: dict) -> None:
     base_dir = str(localize(config["base_dir"]))
     model, tokenizer = build_classifier(base_dir, cfg, labels, scratch=config["scratch"])
     trainable, total = trainable_parameters(model)
+    # Distillation (components/compress/encoder.py): a frozen teacher classifier's logits are soft targets.
+    teacher, distill = None, config.get("distill")
+    if distill and distill["alpha"] > 0:
+        teacher_cls = AutoModelForTokenClassification if cfg.task == "ner" else AutoModelForSequenceClassification
+        teacher = teacher_cls.from_pretrained(localize(distill["teacher_dir"])).to(device).eval().requires_grad_(False)
     par = wrap(model, cfg.strategy, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.warmup_steps, cfg.max_steps, device,
                micro_batch=cfg.micro_batch_size)
 
@@ -79,7 +85,12 @@ def train_loop(config: dict) -> None:
     for step in range(progress["step"], cfg.max_steps):
         rows = batch_rows(len(train), step, cfg.micro_batch_size, rank, world, cfg.seed)
         batch = {k: v.to(device) for k, v in collate([train[i] for i in rows], tokenizer.pad_token_id).items()}
-        loss = par.model(**batch).loss
+        out = par.model(**batch)
+        loss = out.loss
+        if teacher is not None:
+            with torch.no_grad():
+                soft = teacher(**batch).logits
+            loss, _ = classifier_distillation_loss(out.logits, soft, batch["labels"], distill["temperature"], distill["alpha"])
         par.backward(loss)
         grad_norm = par.step()
         window_loss += loss.item()

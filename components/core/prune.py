@@ -105,7 +105,8 @@ def keep_layers(model: torch.nn.Module, layers: list[int]) -> torch.nn.Module:
         raise ValueError(f"layers {layers} must be indices of the model's {len(transformer_blocks(model))} blocks")
     config = copy.deepcopy(model.config)
     gpt2 = hasattr(model, "transformer")
-    prefix = "transformer.h." if gpt2 else "model.layers."
+    bert = config.model_type == "bert"  # a BERT under any head: its blocks are bert.encoder.layer
+    prefix = "transformer.h." if gpt2 else "bert.encoder.layer." if bert else "model.layers."
     if gpt2:
         config.n_layer = len(layers)
     else:
