@@ -81,8 +81,9 @@ PHASES: dict[str, Phase] = {
         "a classifier on its task's data", families=("causal", "masked"),
     ),
     "prune": Phase(
-        "components.compress.config:PruneConfig", "components.compress.step:run_prune", ("model", "instructions"), "model",
-        "magnitude-prune the model (global unstructured or MLP channels), then recover with a short distillation",
+        "components.compress.config:PruneConfig", "components.compress.step:run_prune", ("model", "instructions?"), "model",
+        "magnitude-prune the model (global unstructured or MLP channels), then recover with a short distillation; "
+        "a classifier on its task's data", families=("causal", "masked"),
     ),
     "evaluate": Phase(
         "components.evaluate.config:EvaluateConfig", "components.evaluate.step:run", ("model", "instructions?", "dataset?"),

@@ -241,6 +241,10 @@ def run_distill(cfg: DistillConfig, inputs: dict[str, Artifact], ctx: StepContex
 def run_prune(cfg: PruneConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
     """Prune the model input by magnitude, then recover with a short distillation from it; returns the pruned model."""
     source_step, source = _source(inputs)
+    if family_of(AutoConfig.from_pretrained(source.path)) == "masked":  # a classifier: recovered on its task's data
+        from components.compress.encoder import run_prune_classifier
+
+        return run_prune_classifier(cfg, source_step, source, ctx)
     test = _test_split(inputs)
     tokenizer = AutoTokenizer.from_pretrained(source.path)
     model = load_trained(source.path)

@@ -1,15 +1,21 @@
-"""Distillation of an encoder classifier: the loss by hand, a BERT student from the teacher's blocks, the task read back."""
+"""Compression of an encoder classifier: the distillation loss by hand, a BERT student from the teacher's blocks,
+the task read back, a BERT's encoder pruned (zeros held by masks, or narrower MLPs), a larger held-out set."""
 
 import math
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
+from components.classify.config import ClassifyConfig
+from components.classify.step import load_examples
 from components.compress.encoder import task_of
+from components.core import prune as P
+from components.core.classification import frame
 from components.core.distill import classifier_distillation_loss
 from components.core.models import ModelConfig, build_model, count_parameters
 from components.core.prune import keep_layers
+from components.data import benchmarks
 from components.data.config import TokenizerConfig
 from components.data.tokenizer import train_bpe
 
@@ -67,3 +73,54 @@ def test_the_task_is_read_back_from_the_classifier(bert_dir, tmp_path):
     assert task_of(AutoConfig.from_pretrained(tmp_path)) == "ner"
     with pytest.raises(ValueError, match="none of the classify tasks"):
         task_of(AutoModelForSequenceClassification.from_pretrained(bert_dir, num_labels=2, **names(["spam", "ham"])).config)
+
+
+def test_pruning_a_bert_classifier_zeroes_only_its_encoder_blocks_and_the_masks_hold(bert_dir):
+    model = AutoModelForSequenceClassification.from_pretrained(bert_dir, num_labels=3).eval()
+    untouched = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("bert.encoder.layer.")}
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    masks = P.prune_unstructured(model, 0.6)
+    assert len(P.block_weights(model)) == 4 * 6  # per block: query, key, value, attention output, intermediate, output
+    assert P.sparsity(model) == pytest.approx(0.6, abs=1e-3)
+    assert set(masks) == {f"{n}.weight" for n, _ in P.block_weights(model)}  # the classifier's own parameter names
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in untouched.items())  # embeddings, pooler, head unpruned
+    with torch.no_grad():
+        assert not torch.allclose(model(input_ids=ids).logits, before)
+    # What the classify loop does after each optimizer step during recovery: every weight moved, the zeros put back.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    model.train()
+    model(input_ids=ids, labels=torch.tensor([1])).loss.backward()
+    optimizer.step()
+    assert P.sparsity(model) < 0.1
+    P.apply_masks(model, masks)
+    assert P.sparsity(model) == pytest.approx(0.6, abs=1e-3)
+
+
+def test_channel_pruning_narrows_a_bert_classifiers_mlps(bert_dir, tmp_path):
+    model = AutoModelForSequenceClassification.from_pretrained(bert_dir, num_labels=3).eval()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        reference = model(input_ids=ids).logits
+        assert torch.allclose(P.prune_mlp_channels(model, 1.0)(input_ids=ids).logits, reference, atol=1e-5)
+    half = P.prune_mlp_channels(model, 0.5)
+    assert half.config.intermediate_size == model.config.intermediate_size // 2
+    assert count_parameters(half) < count_parameters(model) and torch.equal(half.classifier.weight, model.classifier.weight)
+    half.save_pretrained(tmp_path)  # a plain Hugging Face classifier
+    with torch.no_grad():
+        assert torch.equal(AutoModelForSequenceClassification.from_pretrained(tmp_path)(input_ids=ids).logits, half(input_ids=ids).logits)
+
+
+def test_a_larger_generated_held_out_set_starts_with_the_bundled_one_and_misses_training(bert_dir):
+    records = benchmarks.dev_records("mnli", 300)
+    bundled = benchmarks.labelled_texts("mnli", benchmarks.file_records("mnli", None))
+    assert [(t[1], t[2]) for t in bundled] == [(r["premise"], r["hypothesis"]) for r in records[:40]]
+    tokenizer = frame(AutoTokenizer.from_pretrained(bert_dir))
+    cfg = ClassifyConfig(task="mnli", train_examples=1000)
+    train, test, _ = load_examples(cfg, tokenizer, 128, [(f"generated dev record {i}", r) for i, r in enumerate(records)])
+    assert len(test) == 300 and 700 < len(train) < 1000  # the overlapping training records are dropped
+    assert not {tuple(e["input_ids"]) for e in train} & {tuple(e["input_ids"]) for e in test}
+    assert {e["labels"][0] for e in test} == {0, 1, 2}
+    with pytest.raises(Exception, match="no generator"):
+        benchmarks.dev_records("ner", 10)
