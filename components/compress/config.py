@@ -82,7 +82,8 @@ class DistillConfig(BaseModel):
     student_layers: list[int] | None = Field(
         None, description="Teacher blocks the student starts from, in order; None: half of them, evenly spaced, first and last included."
     )
-    mlp_keep: float = Field(0.5, gt=0, le=1, description="Share of each MLP's hidden channels the student keeps (largest weight norms).")
+    mlp_keep: float = Field(0.5, gt=0, le=1, description="Share of each MLP's hidden channels the student keeps (largest weight norms); a causal model's "
+                           "student only (a classifier's keeps its MLPs whole).")
     init: Literal["teacher", "random"] = Field("teacher", description="Student weights: copied from the teacher's kept layers, or fresh.")
     training: StudentTraining = Field(default_factory=StudentTraining, description="Distillation training (alpha, temperature, steps).")
     baseline: bool = Field(
