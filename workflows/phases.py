@@ -76,12 +76,14 @@ PHASES: dict[str, Phase] = {
         families=("causal", "seq2seq"),
     ),
     "distill": Phase(
-        "components.compress.config:DistillConfig", "components.compress.step:run_distill", ("model", "instructions"), "model",
-        "distil the model into a smaller student (its own layers, narrower MLPs) on its softened distribution, with Ray Train",
+        "components.compress.config:DistillConfig", "components.compress.step:run_distill", ("model", "instructions?"), "model",
+        "distil the model into a smaller student (its own layers, narrower MLPs) on its softened distribution, with Ray Train; "
+        "a classifier on its task's data", families=("causal", "masked"),
     ),
     "prune": Phase(
-        "components.compress.config:PruneConfig", "components.compress.step:run_prune", ("model", "instructions"), "model",
-        "magnitude-prune the model (global unstructured or MLP channels), then recover with a short distillation",
+        "components.compress.config:PruneConfig", "components.compress.step:run_prune", ("model", "instructions?"), "model",
+        "magnitude-prune the model (global unstructured or MLP channels), then recover with a short distillation; "
+        "a classifier on its task's data", families=("causal", "masked"),
     ),
     "evaluate": Phase(
         "components.evaluate.config:EvaluateConfig", "components.evaluate.step:run", ("model", "instructions?", "dataset?"),

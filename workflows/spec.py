@@ -207,6 +207,12 @@ def _check_families(spec: WorkflowSpec, configs: dict[str, BaseModel], order: li
                     f"step '{name}' ({step.uses}) does not apply to {FAMILY_NAMES[family[name]]} model "
                     f"(from '{source}', architecture {configs[source].model.architecture}): {step.uses} applies to {applies} models")
             )
+        if step.uses in ("distill", "prune") and family[name] == "causal" and not any(spec.steps[n].uses == "instructions" for n in step.needs):
+            raise SpecError(_at(path, lines, ("steps", name, "needs"),
+                                f"step '{name}', field 'needs': {step.uses} on a causal model trains (and scores) it on instructions: "
+                                "add an instructions step to needs"))
+        if family[name] == "masked" and step.uses in ("evaluate", "distill", "prune"):
+            _check_classifier_input(spec, configs, name, path, lines)
         if step.uses == "deploy" and family[name] != "causal" and getattr(configs[name], "rag", None) is not None:
             raise SpecError(_at(path, lines, ("steps", name, "with", "rag"),
                                 f"step '{name}', field 'rag': the RAG route answers with a causal LM, and this model is "
@@ -222,6 +228,37 @@ def _check_families(spec: WorkflowSpec, configs: dict[str, BaseModel], order: li
                 raise SpecError(_at(path, lines, ("steps", tokenizers[0]),
                                     f"step '{tokenizers[0]}': '{name}' pretrains a t5 model, which needs span sentinels: "
                                     "set sentinel_tokens (e.g. 32)"))
+
+
+def _classifier_source(spec: WorkflowSpec, name: str) -> str:
+    """The classify (or pretrain) step whose model reaches step `name`, through any compression steps."""
+    current = name
+    while True:
+        current = next(n for n in spec.steps[current].needs if PHASES[spec.steps[n].uses].produces == "model")
+        if spec.steps[current].uses in ("classify", "pretrain"):
+            return current
+
+
+def _check_classifier_input(spec: WorkflowSpec, configs: dict[str, BaseModel], name: str, path: str, lines: dict) -> None:
+    """An encoder is evaluated and compressed as a classifier: refuse a bare pretrained bert, and
+    evaluate on a token classifier (ner) or on suites whose labels it lacks, before anything runs."""
+    step, source = spec.steps[name], _classifier_source(spec, name)
+    task = configs[source].task if spec.steps[source].uses == "classify" else None
+    if task is None:
+        does = "scores an encoder only as an sst2 or mnli sequence classifier" if step.uses == "evaluate" else "compresses a classifier"
+        raise SpecError(_at(path, lines, ("steps", name, "needs"),
+                            f"step '{name}', field 'needs': {step.uses} {does}, and '{source}' is a bare pretrained bert "
+                            "(masked LM): put a classify step between them"))
+    if step.uses != "evaluate":
+        return
+    if task == "ner":
+        raise SpecError(_at(path, lines, ("steps", name, "needs"),
+                            f"step '{name}', field 'needs': '{source}' is a token classifier (task ner), and evaluate scores "
+                            "sst2 or mnli sequence classifiers; its entity F1 is in the classify step's own metrics"))
+    if task not in configs[name].benchmarks:
+        raise SpecError(_at(path, lines, ("steps", name, "with", "benchmarks"),
+                            f"step '{name}', field 'benchmarks': its model is an {task} classifier (from '{source}'), and "
+                            f"{configs[name].benchmarks} has no {task}: add {task}"))
 
 
 def needs_match(want: tuple[str, ...], got: list[str]) -> bool:

@@ -16,11 +16,14 @@ from pathlib import Path
 import ray.train
 import ray.train.torch
 import torch
+from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
 from components.classify.config import ClassifyConfig
 from components.core.classification import collate, frame, score
+from components.core.distill import classifier_distillation_loss
 from components.core.parallel import wrap
+from components.core.prune import apply_masks
 from components.core.peft_methods import trainable_parameters
 from components.finetune.loop import batch_rows, mean_over_workers, save_and_report
 from components.storage import localize
@@ -59,6 +62,13 @@ def train_loop(config: dict) -> None:
     base_dir = str(localize(config["base_dir"]))
     model, tokenizer = build_classifier(base_dir, cfg, labels, scratch=config["scratch"])
     trainable, total = trainable_parameters(model)
+    # Distillation (components/compress/encoder.py): a frozen teacher classifier's logits are soft targets.
+    teacher, distill = None, config.get("distill")
+    if distill and distill["alpha"] > 0:
+        teacher_cls = AutoModelForTokenClassification if cfg.task == "ner" else AutoModelForSequenceClassification
+        teacher = teacher_cls.from_pretrained(localize(distill["teacher_dir"])).to(device).eval().requires_grad_(False)
+    # Pruning's recovery (components/compress/encoder.py): the zeroed weights' keep-masks, re-applied after every step.
+    masks = {k: v.bool() for k, v in load_file(Path(base_dir) / "masks.safetensors").items()} if config.get("masked") else {}
     par = wrap(model, cfg.strategy, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.warmup_steps, cfg.max_steps, device,
                micro_batch=cfg.micro_batch_size)
 
@@ -79,9 +89,16 @@ def train_loop(config: dict) -> None:
     for step in range(progress["step"], cfg.max_steps):
         rows = batch_rows(len(train), step, cfg.micro_batch_size, rank, world, cfg.seed)
         batch = {k: v.to(device) for k, v in collate([train[i] for i in rows], tokenizer.pad_token_id).items()}
-        loss = par.model(**batch).loss
+        out = par.model(**batch)
+        loss = out.loss
+        if teacher is not None:
+            with torch.no_grad():
+                soft = teacher(**batch).logits
+            loss, _ = classifier_distillation_loss(out.logits, soft, batch["labels"], distill["temperature"], distill["alpha"])
         par.backward(loss)
         grad_norm = par.step()
+        if masks:
+            apply_masks(model, masks)  # the optimizer (and weight decay) moved pruned weights: put the zeros back
         window_loss += loss.item()
         window_steps += 1
         done = progress["step"] = step + 1

@@ -105,8 +105,10 @@ def _load(cfg: ClassifyConfig, model_dir: Path):
     return model_cls.from_pretrained(model_dir).eval()
 
 
-def load_examples(cfg: ClassifyConfig, tokenizer, max_length: int) -> tuple[list[dict], list[dict], list[str]]:
-    """(train, test, label names) of cfg.task, encoded; a bad example is an error naming its file:line."""
+def load_examples(cfg: ClassifyConfig, tokenizer, max_length: int,
+                  test_records: list[tuple[str, dict]] | None = None) -> tuple[list[dict], list[dict], list[str]]:
+    """(train, test, label names) of cfg.task, encoded; a bad example is an error naming its file:line.
+    test_records: sst2 / mnli held-out ("where", record) pairs instead of cfg.test_path's file."""
     if cfg.task == "ner":
         if cfg.train_path is None:
             sentences = entities.generate(cfg.train_examples + cfg.test_examples, cfg.data_seed)  # distinct: disjoint splits
@@ -127,7 +129,7 @@ def load_examples(cfg: ClassifyConfig, tokenizer, max_length: int) -> tuple[list
 
         return [encode_sentence(n, s) for n, s in enumerate(train)], [encode_sentence(n, s) for n, s in enumerate(test)], labels
 
-    test = benchmarks.labelled_texts(cfg.task, benchmarks.file_records(cfg.task, cfg.test_path))
+    test = benchmarks.labelled_texts(cfg.task, test_records or benchmarks.file_records(cfg.task, cfg.test_path))
     if cfg.train_path is None:
         held_out = {(text, pair) for _, text, pair, _ in test}
         generated = benchmarks.generated_records(cfg.task, cfg.train_examples, cfg.data_seed)

@@ -45,6 +45,23 @@ class StudentTraining(BaseModel):
         return self
 
 
+class ClassifierData(BaseModel):
+    """The task data a classifier (a `classify` step's output) is distilled or recovered on, and scored on.
+    Ignored for a causal model, which trains on its instructions input."""
+
+    model_config = ConfigDict(extra="forbid")
+    train_path: str | None = Field(None, description="Training file (as the classify phase's train_path); None: "
+                                   "`train_examples` generated from `data_seed`, as the classify phase does by default.")
+    test_path: str | None = Field(None, description="Held-out file (as the classify phase's test_path); None: see test_examples.")
+    train_examples: int = Field(2000, ge=10, description="Generated training examples (when train_path is None).")
+    test_examples: int | None = Field(
+        None, ge=10, description="With test_path None: sst2 / mnli, N items generated from the bundled dev file's stream "
+        "(its 40 first, then more; training drops any overlap) instead of that file alone; ner, N generated sentences "
+        "(default 200). None: the bundled dev file (sst2, mnli).")
+    data_seed: int = Field(1, description="Seed of the generated training data (the classify phase's default: the teacher's data).")
+    max_length: int = Field(128, ge=8, description="Longest input in tokens (at most the model's n_positions).")
+
+
 class QuantizeConfig(BaseModel):
     """Post-training quantization of a (merged) model; no training."""
 
@@ -65,13 +82,15 @@ class DistillConfig(BaseModel):
     student_layers: list[int] | None = Field(
         None, description="Teacher blocks the student starts from, in order; None: half of them, evenly spaced, first and last included."
     )
-    mlp_keep: float = Field(0.5, gt=0, le=1, description="Share of each MLP's hidden channels the student keeps (largest weight norms).")
+    mlp_keep: float = Field(0.5, gt=0, le=1, description="Share of each MLP's hidden channels the student keeps (largest weight norms); a causal model's "
+                           "student only (a classifier's keeps its MLPs whole).")
     init: Literal["teacher", "random"] = Field("teacher", description="Student weights: copied from the teacher's kept layers, or fresh.")
     training: StudentTraining = Field(default_factory=StudentTraining, description="Distillation training (alpha, temperature, steps).")
     baseline: bool = Field(
         True, description="Also train the same student on the labels alone (alpha 0) and log its exact match: the teacher's effect, measured."
     )
     measure: Measure = Field(default_factory=Measure, description="Speed and exact-match measurement.")
+    data: ClassifierData = Field(default_factory=ClassifierData, description="A classifier's task data (a masked model only).")
 
 
 class PruneConfig(BaseModel):
@@ -86,6 +105,7 @@ class PruneConfig(BaseModel):
         default_factory=lambda: StudentTraining(max_steps=100), description="Recovery training, pruned weights held at zero; max_steps 0: none."
     )
     measure: Measure = Field(default_factory=Measure, description="Speed and exact-match measurement.")
+    data: ClassifierData = Field(default_factory=ClassifierData, description="A classifier's task data (a masked model only).")
 
     @model_validator(mode="after")
     def _check(self):

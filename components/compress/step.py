@@ -18,14 +18,14 @@ import numpy as np
 import ray
 import torch
 from safetensors.torch import save_file
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from components import storage, tracking, training
 from components.artifact import Artifact, StepContext
 from components.compress.config import DistillConfig, Measure, PruneConfig, QuantizeConfig, StudentTraining
 from components.compress.loop import student_loop
 from components.core import prune as P
-from components.core.models import context_length, count_parameters, load_trained, weights_bytes
+from components.core.models import context_length, count_parameters, family_of, load_trained, weights_bytes
 from components.core.quantize import INTEGER, RECIPE, linear_weight_bytes, load_quantized, quantize, save_quantized, weight_count
 from components.core.speed import generation_speed
 from components.core.sft import encode_seq2seq_pair
@@ -194,6 +194,10 @@ def _closeness(model, quantized, tokenizer, examples: list[Example]) -> dict[str
 def run_distill(cfg: DistillConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
     """Distil the model input (the teacher) into a smaller student; returns the student."""
     source_step, source = _source(inputs)
+    if family_of(AutoConfig.from_pretrained(source.path)) == "masked":  # a classifier: distilled on its task's data
+        from components.compress.encoder import run_distill_classifier
+
+        return run_distill_classifier(cfg, source_step, source, ctx)
     test = _test_split(inputs)
     tokenizer = AutoTokenizer.from_pretrained(source.path)
     teacher = load_trained(source.path)
@@ -237,6 +241,10 @@ def run_distill(cfg: DistillConfig, inputs: dict[str, Artifact], ctx: StepContex
 def run_prune(cfg: PruneConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
     """Prune the model input by magnitude, then recover with a short distillation from it; returns the pruned model."""
     source_step, source = _source(inputs)
+    if family_of(AutoConfig.from_pretrained(source.path)) == "masked":  # a classifier: recovered on its task's data
+        from components.compress.encoder import run_prune_classifier
+
+        return run_prune_classifier(cfg, source_step, source, ctx)
     test = _test_split(inputs)
     tokenizer = AutoTokenizer.from_pretrained(source.path)
     model = load_trained(source.path)

@@ -48,3 +48,33 @@ def distillation_loss(
     ce = F.cross_entropy(student.reshape(-1, student.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
     loss = alpha * temperature**2 * kl + (1 - alpha) * ce
     return loss, {"kl": float(kl.detach()), "ce": float(ce.detach())}
+
+
+def classifier_distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """(loss, parts) for a classifier batch, the same formula as `distillation_loss`.
+
+    student_logits, teacher_logits: [B, C] (one label per example) or [B, T, C] (one per token).
+    labels: [B] or [B, T] class ids, IGNORE_INDEX where nothing is scored (a token classifier's
+        padding and non-first sub-tokens); both terms cover the scored positions only, since the
+        teacher was trained, and is meaningful, there alone.
+    Returns the scalar loss and its parts in nats per scored position: {"kl": ..., "ce": ...}.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ")
+    if temperature <= 0 or not 0 <= alpha <= 1:
+        raise ValueError(f"need temperature > 0 and 0 <= alpha <= 1, got {temperature}, {alpha}")
+    classes = student_logits.shape[-1]
+    student, teacher, targets = student_logits.reshape(-1, classes).float(), teacher_logits.reshape(-1, classes).float(), labels.reshape(-1)
+    scored = targets != IGNORE_INDEX
+    log_p_student = F.log_softmax(student[scored] / temperature, dim=-1)
+    log_p_teacher = F.log_softmax(teacher[scored] / temperature, dim=-1)
+    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1).mean()
+    ce = F.cross_entropy(student[scored], targets[scored])
+    loss = alpha * temperature**2 * kl + (1 - alpha) * ce
+    return loss, {"kl": float(kl.detach()), "ce": float(ce.detach())}

@@ -1,4 +1,4 @@
-"""Magnitude pruning of a causal LM's transformer blocks.
+"""Magnitude pruning of a transformer's blocks (a causal LM, or a BERT classifier's encoder).
 
 - unstructured: the smallest-magnitude weights of all block projections together (one global
   threshold, torch.nn.utils.prune's global L1 criterion) set to zero. The shapes stay; the zeros
@@ -64,11 +64,12 @@ def apply_masks(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> None:
 
 def prune_mlp_channels(model: torch.nn.Module, keep: float) -> torch.nn.Module:
     """A copy of the model whose MLPs keep the `keep` share of hidden channels with the largest
-    weight norms (same count in every block, so the config stays uniform). GPT-2 or Llama."""
+    weight norms (same count in every block, so the config stays uniform). GPT-2, Llama or BERT."""
     if not 0 < keep <= 1:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
     config = copy.deepcopy(model.config)
     gpt2 = hasattr(model, "transformer")
+    bert = config.model_type == "bert"  # under any head: its MLP is intermediate.dense then output.dense
     width = (config.n_inner or 4 * config.n_embd) if gpt2 else config.intermediate_size
     kept = max(1, round(keep * width))
     if gpt2:
@@ -86,6 +87,14 @@ def prune_mlp_channels(model: torch.nn.Module, keep: float) -> torch.nn.Module:
             state[prefix + "c_fc.weight"] = fc.weight[:, index]
             state[prefix + "c_fc.bias"] = fc.bias[index]
             state[prefix + "c_proj.weight"] = proj.weight[index, :]
+        elif bert:  # Linear weights are [out, in]: intermediate [width, d], output [d, width]
+            up, down = block.intermediate.dense, block.output.dense
+            score = up.weight.norm(dim=1) * down.weight.norm(dim=0)
+            index = score.topk(kept).indices.sort().values
+            prefix = f"{model.base_model_prefix}.encoder.layer.{i}."
+            state[prefix + "intermediate.dense.weight"] = up.weight[index]
+            state[prefix + "intermediate.dense.bias"] = up.bias[index]
+            state[prefix + "output.dense.weight"] = down.weight[:, index]
         else:  # Linear weights are [out, in]: gate/up [width, d], down [d, width]
             mlp = block.mlp
             score = mlp.gate_proj.weight.norm(dim=1) * mlp.up_proj.weight.norm(dim=1) * mlp.down_proj.weight.norm(dim=0)
@@ -105,7 +114,8 @@ def keep_layers(model: torch.nn.Module, layers: list[int]) -> torch.nn.Module:
         raise ValueError(f"layers {layers} must be indices of the model's {len(transformer_blocks(model))} blocks")
     config = copy.deepcopy(model.config)
     gpt2 = hasattr(model, "transformer")
-    prefix = "transformer.h." if gpt2 else "model.layers."
+    bert = config.model_type == "bert"  # a BERT under any head: its blocks are bert.encoder.layer
+    prefix = "transformer.h." if gpt2 else "bert.encoder.layer." if bert else "model.layers."
     if gpt2:
         config.n_layer = len(layers)
     else:

@@ -505,6 +505,16 @@ def generated_records(task: str, n: int, seed: int) -> list[dict]:
     return _distinct(gen, key, n, f"{seed}:{task}:train")
 
 
+def dev_records(task: str, n: int, seed: int = 0) -> list[dict]:
+    """The first `n` distinct sst2 or mnli records of write_bundled's stream `random.Random(f"{seed}:{task}")`:
+    with seed 0, the bundled dev file's 40 first, then more of the same kind, for a held-out set
+    larger than the bundled one (load_examples drops training records that overlap it by text)."""
+    if task not in _TRAINABLE:
+        raise DataError(f"no generator of {task!r} dev records (have: {sorted(_TRAINABLE)})")
+    gen, key = _TRAINABLE[task]
+    return _distinct(gen, key, n, f"{seed}:{task}")
+
+
 def labelled_texts(task: str, records: list[tuple[str, dict]]) -> list[tuple[str, str, str | None, int]]:
     """("file:line", text, text_pair or None, label) of sst2 / mnli records given as ("file:line", record), with
     the same field aliases, label names and errors as load_benchmark."""

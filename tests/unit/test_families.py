@@ -156,3 +156,56 @@ def test_the_validator_names_a_bad_classify_field(tmp_path):
         """)
     with pytest.raises(SpecError, match=r"spec.yaml:6: step 'cola', field 'task'"):
         load_spec(path)
+
+
+ENCODER = """\
+    name: t
+    steps:
+      corpus: {uses: data}
+      tokenizer: {uses: tokenizer, needs: [corpus], with: {mask_token: "<mask>"}}
+      pretrain: {uses: pretrain, needs: [corpus, tokenizer], with: {model: {architecture: bert}}}
+      ner: {uses: classify, needs: [pretrain], with: {task: ner}}
+      mnli: {uses: classify, needs: [pretrain], with: {task: mnli}}
+      distill: {uses: distill, needs: [mnli]}
+      prune: {uses: prune, needs: [distill]}
+    """
+
+
+def test_the_validator_refuses_evaluate_on_a_token_classifier_or_a_bare_bert(tmp_path):
+    ner = _spec(tmp_path, ENCODER + "  evaluate: {uses: evaluate, needs: [ner]}\n")
+    with pytest.raises(SpecError, match=r"spec.yaml:10: step 'evaluate', field 'needs': 'ner' is a token classifier \(task ner\)"):
+        load_spec(ner)
+    bare = _spec(tmp_path, ENCODER + "  evaluate: {uses: evaluate, needs: [pretrain]}\n")
+    with pytest.raises(SpecError, match=r"spec.yaml:10: step 'evaluate', field 'needs': evaluate scores an encoder only as an "
+                                        r"sst2 or mnli sequence classifier, and 'pretrain' is a bare pretrained bert"):
+        load_spec(bare)
+    # A compressed mnli classifier is still one (through prune and distill), scored where the suite is asked for.
+    pruned = _spec(tmp_path, ENCODER + "  evaluate: {uses: evaluate, needs: [prune], with: {benchmarks: [sst2]}}\n")
+    with pytest.raises(SpecError, match=r"spec.yaml:10: step 'evaluate', field 'benchmarks': its model is an mnli classifier "
+                                        r"\(from 'mnli'\)"):
+        load_spec(pruned)
+    assert load_spec(pruned, ["evaluate.benchmarks=[mnli]"]).configs["evaluate"].benchmarks == ["mnli"]
+
+
+def test_the_validator_refuses_compressing_a_bare_bert_and_lets_classifiers_through(tmp_path):
+    for phase in ("distill", "prune"):
+        path = _spec(tmp_path, ENCODER + f"  small: {{uses: {phase}, needs: [pretrain]}}\n")
+        with pytest.raises(SpecError, match=rf"spec.yaml:10: step 'small', field 'needs': {phase} compresses a classifier, "
+                                            r"and 'pretrain' is a bare pretrained bert \(masked LM\): put a classify step between"):
+            load_spec(path)
+    assert load_spec(_spec(tmp_path, ENCODER)).order[-2:] == ["distill", "prune"]
+
+
+def test_the_validator_asks_a_causal_distill_or_prune_for_its_instructions(tmp_path):
+    for phase in ("distill", "prune"):
+        path = _spec(tmp_path, f"""\
+            name: t
+            steps:
+              corpus: {{uses: data}}
+              tokenizer: {{uses: tokenizer, needs: [corpus]}}
+              pretrain: {{uses: pretrain, needs: [corpus, tokenizer]}}
+              small: {{uses: {phase}, needs: [pretrain]}}
+            """)
+        with pytest.raises(SpecError, match=rf"spec.yaml:6: step 'small', field 'needs': {phase} on a causal model trains .* "
+                                            "add an instructions step"):
+            load_spec(path)
