@@ -234,6 +234,22 @@ def split_examples(
     return {name: [e for e, s in zip(unique, split) if s == name] for name in ("train", "validation", "test")}
 
 
+def spread(examples: list[Example], n: int) -> list[Example]:
+    """At most `n` examples taken from every family in turn (each family's in its order), so that a
+    small test budget scores all families, not the first ones of a split grouped by family.
+    With n >= len(examples), all of them, in their order."""
+    if n >= len(examples):
+        return list(examples)
+    queues: dict[str, list[Example]] = {}
+    for e in examples:
+        queues.setdefault(e.family, []).append(e)
+    out, depth = [], 0
+    while len(out) < n:
+        out += [q[depth] for q in queues.values() if depth < len(q)][: n - len(out)]
+        depth += 1
+    return out
+
+
 def mix_by_weights(
     by_family: dict[str, list[Example]], weights: dict[str, float], total: int, seed: int
 ) -> list[Example]:

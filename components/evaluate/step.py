@@ -23,7 +23,7 @@ from components.core import metrics as M
 from components.core.models import family_of, weights_bytes
 from components.data.benchmarks import Item, bundled_path, load_benchmark, perturb
 from components.data.corpus import DataError, read_jsonl
-from components.data.instructions import Example, read_examples_jsonl
+from components.data.instructions import Example, read_examples_jsonl, spread
 from components.data.tokenizer import token_stream
 from components.evaluate.config import EvaluateConfig
 from components.evaluate.replica import ModelReplica
@@ -85,7 +85,7 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
         for segment in _segments(read_jsonl(corpus.path / "validation.jsonl"), tokenizer, cfg.eval_tokens, cfg.segment_tokens):
             add(Request("ppl"), "nll", tokens=segment)
     if instructions is not None:
-        for example in read_examples_jsonl(instructions.path / "test.jsonl")[: cfg.test_examples]:
+        for example in spread(read_examples_jsonl(instructions.path / "test.jsonl"), cfg.test_examples):
             add(Request("instructions", example=example), "generate", example.prompt)
             if not generate_only:
                 add(Request("response", example=example), "choice", example.prompt, [example.response + tokenizer.eos_token])

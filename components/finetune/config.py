@@ -54,7 +54,7 @@ class FinetuneConfig(BaseModel):
     checkpoint_every: int = Field(200, ge=1, description="Save a resumable checkpoint every N steps.")
     max_failures: int = Field(3, ge=0, description="Worker-group restarts (from the last checkpoint) before the step fails.")
     max_new_tokens: int = Field(24, ge=1, description="Greedy tokens generated per test prompt for exact match.")
-    test_examples: int = Field(400, ge=1, description="Held-out test prompts scored for exact match, before and after.")
+    test_examples: int = Field(400, ge=1, description="Held-out test prompts scored for exact match, before and after (fewer than the split: taken from every family in turn).")
     eval_tokens: int = Field(20000, ge=100, description="Pretraining validation tokens scored for perplexity before and after (forgetting).")
     seed: int = Field(0, description="Seed of data order and adapter initialisation.")
     sweep: SweepConfig | None = Field(None, description="Run a Ray Tune sweep over LoRA rank instead of one training run.")

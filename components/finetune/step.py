@@ -13,7 +13,7 @@ from components.core.models import auto_class, context_length, family_of, load_t
 from components.core.peft_methods import trainable_parameters
 from components.core.sft import encode_pair, encode_seq2seq_pair
 from components.data.corpus import read_jsonl
-from components.data.instructions import read_examples_jsonl
+from components.data.instructions import read_examples_jsonl, spread
 from components.data.tokenizer import tokenize_and_pack
 from components.finetune.config import FinetuneConfig
 from components.finetune.evaluate import corpus_perplexity, exact_match_by_family, text_scores_by_family
@@ -47,7 +47,7 @@ def run(cfg: FinetuneConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     tracking.log_metrics(ctx.tracking_uri, ctx.run_id, {"trainable_params": trainable, "total_params": total, "trainable_share": trainable / total})
 
     # 2. The base model's scores: what fine-tuning must beat, and the forgetting baseline.
-    test = splits["test"][: cfg.test_examples]
+    test = spread(splits["test"], cfg.test_examples)
     corpus_val = read_jsonl(corpus.path / "validation.jsonl")
     base_model = auto_class(base.path).from_pretrained(base.path)
     if seq2seq:

@@ -289,3 +289,15 @@ def test_config_validates_families_and_weights():
     with pytest.raises(ValidationError):
         InstructionDataConfig(n_per_familly=5)
     assert all(f.description for f in InstructionDataConfig.model_fields.values())
+
+
+def test_a_small_test_budget_scores_every_family_not_the_first_ones():
+    from components.data.instructions import generate_tasks, spread
+
+    grouped = generate_tasks(5, seed=0)  # grouped by family, as a split is
+    families = list(dict.fromkeys(e.family for e in grouped))
+    few = spread(grouped, len(families) + 2)
+    assert [e.family for e in few[: len(families)]] == families and len(few) == len(families) + 2
+    assert few[len(families)] == [e for e in grouped if e.family == families[0]][1]  # then each family's second
+    assert spread(grouped, 1000) == grouped and spread(grouped, len(grouped)) == grouped
+    assert len(set(map(id, spread(grouped, 17)))) == 17
