@@ -71,9 +71,9 @@ PHASES: dict[str, Phase] = {
         "align the model on preference pairs with DPO (or IPO) under Ray Train; no reward model, no sampling",
     ),
     "quantize": Phase(
-        "components.compress.config:QuantizeConfig", "components.compress.step:run_quantize", ("model", "instructions"), "model",
-        "quantize a merged model (fp16/bf16, int8 dynamic, int8/int4 weight-only); size, CPU speed and exact match next to the source",
-        families=("causal", "seq2seq"),
+        "components.compress.config:QuantizeConfig", "components.compress.step:run_quantize", ("model", "instructions?"), "model",
+        "quantize a merged model (fp16/bf16, int8 dynamic, int8/int4 weight-only); size, CPU speed and exact match next to the source; "
+        "a classifier's accuracy on its task's data", families=("causal", "seq2seq", "masked"),
     ),
     "distill": Phase(
         "components.compress.config:DistillConfig", "components.compress.step:run_distill", ("model", "instructions?"), "model",

@@ -207,11 +207,12 @@ def _check_families(spec: WorkflowSpec, configs: dict[str, BaseModel], order: li
                     f"step '{name}' ({step.uses}) does not apply to {FAMILY_NAMES[family[name]]} model "
                     f"(from '{source}', architecture {configs[source].model.architecture}): {step.uses} applies to {applies} models")
             )
-        if step.uses in ("distill", "prune") and family[name] == "causal" and not any(spec.steps[n].uses == "instructions" for n in step.needs):
+        if (step.uses in ("distill", "prune", "quantize") and family[name] != "masked"
+                and not any(spec.steps[n].uses == "instructions" for n in step.needs)):
             raise SpecError(_at(path, lines, ("steps", name, "needs"),
-                                f"step '{name}', field 'needs': {step.uses} on a causal model trains (and scores) it on instructions: "
-                                "add an instructions step to needs"))
-        if family[name] == "masked" and step.uses in ("evaluate", "distill", "prune"):
+                                f"step '{name}', field 'needs': {step.uses} on a {family[name]} model trains or scores it on "
+                                "instructions: add an instructions step to needs"))
+        if family[name] == "masked" and step.uses in ("evaluate", "distill", "prune", "quantize"):
             _check_classifier_input(spec, configs, name, path, lines)
         if step.uses == "deploy" and family[name] != "causal" and getattr(configs[name], "rag", None) is not None:
             raise SpecError(_at(path, lines, ("steps", name, "with", "rag"),

@@ -16,7 +16,7 @@ class Measure(BaseModel):
     speed_prompts: int = Field(8, ge=1, description="Held-out test prompts generated from for latency and throughput.")
     new_tokens: int = Field(32, ge=1, description="Tokens generated per prompt in a timed run (eos ignored).")
     repeats: int = Field(5, ge=1, description="Timed runs after one warm-up; the median is reported.")
-    test_examples: int = Field(300, ge=1, description="Held-out test prompts answered greedily for exact match.")
+    test_examples: int = Field(300, ge=1, description="Held-out test prompts answered greedily for exact match (fewer than the split: taken from every family in turn).")
     max_new_tokens: int = Field(24, ge=1, description="Greedy tokens per test prompt for exact match.")
 
 
@@ -72,7 +72,9 @@ class QuantizeConfig(BaseModel):
         "int4_weight_only (torchao; int4 needs a CUDA GPU).",
     )
     group_size: int = Field(32, ge=16, description="int4_weight_only: weights sharing one scale.")
-    measure: Measure = Field(default_factory=Measure, description="Speed and exact-match measurement.")
+    measure: Measure = Field(default_factory=Measure, description="Speed and exact-match measurement (a generating model).")
+    data: ClassifierData = Field(default_factory=ClassifierData, description="A classifier's held-out data (test_path, "
+                                 "test_examples), scored before and after; the training fields are unused here.")
 
 
 class DistillConfig(BaseModel):

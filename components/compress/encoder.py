@@ -31,11 +31,12 @@ from components.artifact import Artifact, StepContext
 from components.classify.config import LABELS, ClassifyConfig
 from components.classify.loop import train_loop
 from components.classify.step import load_examples
-from components.compress.config import ClassifierData, DistillConfig, PruneConfig, StudentTraining
+from components.compress.config import ClassifierData, DistillConfig, PruneConfig, QuantizeConfig, StudentTraining
 from components.compress.step import _on_a_cpu
 from components.core import prune as P
 from components.core.classification import collate, score
-from components.core.models import count_parameters
+from components.core.models import count_parameters, load_trained
+from components.core.quantize import linear_weight_bytes, quantize, save_quantized
 from components.data import benchmarks
 from components.report import plot_curves
 
@@ -101,11 +102,12 @@ def _measure(task: str, test: list[dict], labels: list[str], pad_id: int, dirs: 
     """Held-out accuracy (and its standard error), parameters and forward seconds of each model directory."""
     out = {}
     for name, directory in dirs.items():
-        model = _head(task).from_pretrained(directory).eval()
+        model = load_trained(directory)  # a quantized classifier too, rebuilt from its integer weights
         acc = score(model, test, labels, pad_id)["accuracy"]
         out |= {f"{name}accuracy": acc, f"{name}accuracy_se": math.sqrt(acc * (1 - acc) / len(test)),
                 f"{name}params": float(count_parameters(model)), f"{name}seconds": _seconds(model, test, pad_id),
-                f"{name}sparsity": P.sparsity(model)}
+                f"{name}linear_weight_bytes": float(linear_weight_bytes(model)),
+                f"{name}sparsity": P.sparsity(model) if P.block_weights(model) else 0.0}  # quantized layers are not nn.Linear
     return out
 
 
@@ -204,6 +206,24 @@ def run_prune_classifier(cfg: PruneConfig, source_step: str, source: Artifact, c
     headline = (f"{task} {cfg.method} {metrics['sparsity']:.0%}: accuracy {metrics['source_accuracy']:.1%} -> "
                 f"{metrics['accuracy_before_recovery']:.1%} pruned -> {metrics['accuracy']:.1%} recovered "
                 f"(± {metrics['accuracy_se']:.1%} on {len(test)})")
+    return _finish(ctx, source_step, source, metrics, headline)
+
+
+def run_quantize_classifier(cfg: QuantizeConfig, source_step: str, source: Artifact, ctx: StepContext) -> Artifact:
+    """Quantize the classifier `source` (its linear layers; embeddings and norms stay float); returns it,
+    with its held-out accuracy, linear-weight bytes and forward speed next to the source's."""
+    task, model, tokenizer, _, _, test, labels = _task(source, cfg.data, StudentTraining())
+    save_quantized(quantize(copy.deepcopy(model), cfg.method, cfg.group_size), ctx.output_dir, cfg.method)
+    tokenizer.save_pretrained(ctx.output_dir)
+    m = _measured(ctx, task, test, labels, tokenizer, {"source_": source.path, "": ctx.output_dir})
+    metrics = {
+        "source_accuracy": m["source_accuracy"], "source_accuracy_se": m["source_accuracy_se"],
+        "accuracy": m["accuracy"], "accuracy_se": m["accuracy_se"], "test_examples": float(len(test)),
+        "linear_weight_bytes_ratio": m["linear_weight_bytes"] / m["source_linear_weight_bytes"],
+        "speedup": m["source_seconds"] / m["seconds"],
+    }
+    headline = (f"{task} {cfg.method}: linear weights x{metrics['linear_weight_bytes_ratio']:.2f}, x{metrics['speedup']:.1f} "
+                f"faster, accuracy {metrics['source_accuracy']:.1%} -> {metrics['accuracy']:.1%} (± {metrics['accuracy_se']:.1%} on {len(test)})")
     return _finish(ctx, source_step, source, metrics, headline)
 
 

@@ -29,7 +29,7 @@ from components.core.models import context_length, count_parameters, family_of, 
 from components.core.quantize import INTEGER, RECIPE, linear_weight_bytes, load_quantized, quantize, save_quantized, weight_count
 from components.core.speed import generation_speed
 from components.core.sft import encode_seq2seq_pair
-from components.data.instructions import Example, read_examples_jsonl
+from components.data.instructions import Example, read_examples_jsonl, spread
 from components.finetune.evaluate import exact_match_by_family
 from components.finetune.step import encode_split
 from components.report import plot_curves
@@ -100,7 +100,7 @@ def _measure_side_by_side(source_dir: str, compressed_dir: str, test: list[Examp
 
 
 def _exact_match(model, tokenizer, test: list[Example], measure: Measure) -> float:
-    return exact_match_by_family(model, tokenizer, test[: measure.test_examples], measure.max_new_tokens)["all"]
+    return exact_match_by_family(model, tokenizer, spread(test, measure.test_examples), measure.max_new_tokens)["all"]
 
 
 def _side_by_side(source: dict[str, float], compressed: dict[str, float]) -> dict[str, float]:
@@ -152,6 +152,10 @@ def _finish(ctx: StepContext, source_step: str, source: Artifact, metrics: dict[
 def run_quantize(cfg: QuantizeConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
     """Quantize the (merged) model input; returns the quantized model (safetensors + compression.json)."""
     source_step, source = _source(inputs)
+    if family_of(AutoConfig.from_pretrained(source.path)) == "masked":  # a classifier: scored on its task's data
+        from components.compress.encoder import run_quantize_classifier
+
+        return run_quantize_classifier(cfg, source_step, source, ctx)
     test = _test_split(inputs)
     tokenizer = AutoTokenizer.from_pretrained(source.path)
     torch.set_num_threads(max(1, int(ctx.cpus_per_worker)))

@@ -165,11 +165,23 @@ def load_trained(model_dir) -> PreTrainedModel:
 
 
 def auto_class(model_dir):
-    """The transformers Auto class that loads a generating model saved in `model_dir`:
-    AutoModelForSeq2SeqLM for an encoder-decoder (T5), else AutoModelForCausalLM."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    """The transformers Auto class that loads the model saved in `model_dir`: AutoModelForSeq2SeqLM
+    for an encoder-decoder (T5); for an encoder, its classification head's class (or the masked-LM
+    head of a bare pretrained one); else AutoModelForCausalLM."""
+    import transformers
+    from transformers import AutoConfig
 
-    return AutoModelForSeq2SeqLM if family_of(AutoConfig.from_pretrained(model_dir)) == "seq2seq" else AutoModelForCausalLM
+    config = AutoConfig.from_pretrained(model_dir)
+    family = family_of(config)
+    if family == "seq2seq":
+        return transformers.AutoModelForSeq2SeqLM
+    if family == "masked":
+        head = (config.architectures or [""])[0]
+        for suffix in ("ForSequenceClassification", "ForTokenClassification"):
+            if head.endswith(suffix):
+                return getattr(transformers, f"AutoModel{suffix}")
+        return transformers.AutoModelForMaskedLM
+    return transformers.AutoModelForCausalLM
 
 
 def weights_bytes(model_dir) -> int:

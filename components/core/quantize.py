@@ -117,7 +117,7 @@ def load_quantized(directory: Path) -> torch.nn.Module:
     directory = Path(directory)
     recipe = json.loads((directory / RECIPE).read_text())
     method = recipe["method"]
-    model_class = auto_class(directory)  # causal LM or encoder-decoder (T5)
+    model_class = auto_class(directory)  # causal LM, encoder-decoder (T5) or encoder classifier
     if method in ("fp16", "bf16"):
         return model_class.from_pretrained(directory).eval()
     model = quantize(model_class.from_config(AutoConfig.from_pretrained(directory)), method)

@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from components import tracking
 from components.artifact import Artifact, StepContext
 from components.classify.config import LABELS
 from components.core.classification import encode_text, score
+from components.core.models import load_trained
 from components.data import benchmarks
 from components.evaluate.config import EvaluateConfig
 
@@ -38,7 +39,7 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
         raise ValueError(f"{model.uri}: its labels {names} are none of the suites {cfg.benchmarks} "
                          f"(sst2: {list(LABELS['sst2'])}, mnli: {list(LABELS['mnli'])})")
     tokenizer = AutoTokenizer.from_pretrained(model.path)
-    classifier = AutoModelForSequenceClassification.from_pretrained(model.path).eval()
+    classifier = load_trained(model.path)  # a quantized classifier too, rebuilt from its integer weights
     torch.set_num_threads(max(1, int(ctx.cpus_per_worker)))
 
     scores = {}

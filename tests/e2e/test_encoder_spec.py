@@ -42,3 +42,7 @@ def test_encoder_tiny_spec_pretrains_a_bert_fine_tunes_three_heads_and_compresse
           f"{p['accuracy_before_recovery']:.1%} pruned -> {p['accuracy']:.1%} recovered (± {p['accuracy_se']:.1%}, {p['test_examples']:.0f} items)")
     assert abs(p["sparsity"] - 0.9) < 0.01
     assert p["accuracy"] > p["accuracy_before_recovery"] + 3 * p["accuracy_se"]
+    q = step_run(tmp_path, "quantize-mnli").data.metrics
+    print(f"encoder int8: linear weights x{q['linear_weight_bytes_ratio']:.2f}, x{q['speedup']:.2f} faster, accuracy "
+          f"{q['source_accuracy']:.1%} -> {q['accuracy']:.1%} (± {q['accuracy_se']:.1%}, {q['test_examples']:.0f} items)")
+    assert q["linear_weight_bytes_ratio"] < 0.35 and q["accuracy"] > q["source_accuracy"] - 2 * q["accuracy_se"]

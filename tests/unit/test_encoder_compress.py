@@ -124,3 +124,22 @@ def test_a_larger_generated_held_out_set_starts_with_the_bundled_one_and_misses_
     assert {e["labels"][0] for e in test} == {0, 1, 2}
     with pytest.raises(Exception, match="no generator"):
         benchmarks.dev_records("ner", 10)
+
+
+@pytest.mark.parametrize("head", [AutoModelForSequenceClassification, AutoModelForTokenClassification])
+def test_an_int8_classifier_loads_back_as_its_head_and_predicts_as_the_float_one(bert_dir, tmp_path, head):
+    from components.core.models import load_trained
+    from components.core.quantize import linear_weight_bytes, quantize, save_quantized
+
+    torch.manual_seed(0)
+    model = head.from_pretrained(bert_dir, num_labels=3).eval()
+    model.save_pretrained(tmp_path / "float")
+    save_quantized(quantize(load_trained(tmp_path / "float"), "int8_dynamic"), tmp_path / "int8", "int8_dynamic")
+    AutoTokenizer.from_pretrained(bert_dir).save_pretrained(tmp_path / "int8")
+    quantized = load_trained(tmp_path / "int8")  # rebuilt from its integer weights, as evaluate loads it
+    assert type(quantized).__name__ == type(model).__name__
+    assert linear_weight_bytes(quantized) < 0.35 * linear_weight_bytes(model)
+    ids = torch.randint(5, model.config.vocab_size, (4, 12))
+    with torch.no_grad():
+        a, b = model(input_ids=ids).logits, quantized(input_ids=ids).logits
+    assert a.shape == b.shape and (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.9

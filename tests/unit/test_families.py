@@ -188,16 +188,18 @@ def test_the_validator_refuses_evaluate_on_a_token_classifier_or_a_bare_bert(tmp
 
 
 def test_the_validator_refuses_compressing_a_bare_bert_and_lets_classifiers_through(tmp_path):
-    for phase in ("distill", "prune"):
+    for phase in ("distill", "prune", "quantize"):
         path = _spec(tmp_path, ENCODER + f"  small: {{uses: {phase}, needs: [pretrain]}}\n")
         with pytest.raises(SpecError, match=rf"spec.yaml:10: step 'small', field 'needs': {phase} compresses a classifier, "
                                             r"and 'pretrain' is a bare pretrained bert \(masked LM\): put a classify step between"):
             load_spec(path)
     assert load_spec(_spec(tmp_path, ENCODER)).order[-2:] == ["distill", "prune"]
+    quantized = _spec(tmp_path, ENCODER + "  int8: {uses: quantize, needs: [mnli]}\n      score: {uses: evaluate, needs: [int8], with: {benchmarks: [mnli]}}\n")
+    assert load_spec(quantized).order.index("int8") < load_spec(quantized).order.index("score")
 
 
-def test_the_validator_asks_a_causal_distill_or_prune_for_its_instructions(tmp_path):
-    for phase in ("distill", "prune"):
+def test_the_validator_asks_a_causal_distill_prune_or_quantize_for_its_instructions(tmp_path):
+    for phase in ("distill", "prune", "quantize"):
         path = _spec(tmp_path, f"""\
             name: t
             steps:
