@@ -173,12 +173,7 @@ def run_prune_classifier(cfg: PruneConfig, source_step: str, source: Artifact, c
     tracking.log_metrics(ctx.tracking_uri, ctx.run_id, {"train_examples": len(train), "test_examples": len(test)})
 
     # 1. Prune: zero the smallest block weights (masks kept for recovery), or drop the weakest MLP channels.
-    masks = {}
-    if cfg.method == "unstructured":
-        pruned = copy.deepcopy(teacher)
-        masks = P.prune_unstructured(pruned, cfg.sparsity)
-    else:
-        pruned = P.prune_mlp_channels(teacher, 1 - cfg.sparsity)
+    pruned, masks = P.prune(teacher, cfg.method, cfg.sparsity)
     pruned_dir = Path(tempfile.mkdtemp(prefix="pruned-"))  # measured below beside the recovered model
     pruned.save_pretrained(pruned_dir)
 

@@ -255,12 +255,7 @@ def run_prune(cfg: PruneConfig, inputs: dict[str, Artifact], ctx: StepContext) -
     torch.set_num_threads(max(1, int(ctx.cpus_per_worker)))
 
     # 1. Prune: zero the smallest weights (masks kept for recovery), or drop the weakest MLP channels.
-    masks = {}
-    if cfg.method == "unstructured":
-        pruned = copy.deepcopy(model)
-        masks = P.prune_unstructured(pruned, cfg.sparsity)
-    else:
-        pruned = P.prune_mlp_channels(model, 1 - cfg.sparsity)
+    pruned, masks = P.prune(model, cfg.method, cfg.sparsity)
     em = _on_a_cpu(ctx, _exact_match, pruned, tokenizer, test, cfg.measure)
 
     # 2. Recover: a short training run against the unpruned model, the zeros held.

@@ -62,6 +62,18 @@ def apply_masks(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> None:
                 param.mul_(masks[key].to(param.device, param.dtype))
 
 
+def prune(model: torch.nn.Module, method: str, sparsity: float) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """(pruned copy, keep-masks) of `model`. method "unstructured": the `sparsity` share of block
+    weights with the smallest |w| zeroed, masks to hold the zeros in training; "channels": that
+    share of each MLP's hidden channels removed, no masks (the weights are gone)."""
+    if method == "unstructured":
+        pruned = copy.deepcopy(model)
+        return pruned, prune_unstructured(pruned, sparsity)
+    if method == "channels":
+        return prune_mlp_channels(model, 1 - sparsity), {}
+    raise ValueError(f"method must be 'unstructured' or 'channels', got {method!r}")
+
+
 def prune_mlp_channels(model: torch.nn.Module, keep: float) -> torch.nn.Module:
     """A copy of the model whose MLPs keep the `keep` share of hidden channels with the largest
     weight norms (same count in every block, so the config stays uniform). GPT-2, Llama or BERT."""

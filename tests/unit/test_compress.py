@@ -202,3 +202,15 @@ def test_generation_speed_measures_every_model(tokenizer):
     prompts = [e.prompt for e in generate_tasks(4, seed=2)]
     speeds = generation_speed(models, tokenizer, prompts, new_tokens=4, repeats=2)
     assert len(speeds) == 2 and all(s["latency_ms"] > 0 and s["tokens_per_s"] > 0 for s in speeds)
+
+
+def test_prune_names_its_two_methods_and_leaves_the_source_alone():
+    model = build_causal_lm(ModelConfig(n_layer=2, n_embd=32, n_head=2, n_positions=32), 64, 1, 2, 0, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    zeroed, masks = P.prune(model, "unstructured", 0.5)
+    narrow, none = P.prune(model, "channels", 0.5)
+    assert abs(P.sparsity(zeroed) - 0.5) < 0.01 and masks and none == {}
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in model.parameters())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ValueError, match="'unstructured' or 'channels'"):
+        P.prune(model, "random", 0.5)
