@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoMod
 from components.classify.config import ClassifyConfig
 from components.core.classification import collate, frame, score
 from components.core.distill import classifier_distillation_loss
+from components.core.models import load_trained
 from components.core.parallel import wrap
 from components.core.prune import apply_masks
 from components.core.peft_methods import trainable_parameters
@@ -65,8 +66,7 @@ def train_loop(config: dict) -> None:
     # Distillation (components/compress/encoder.py): a frozen teacher classifier's logits are soft targets.
     teacher, distill = None, config.get("distill")
     if distill and distill["alpha"] > 0:
-        teacher_cls = AutoModelForTokenClassification if cfg.task == "ner" else AutoModelForSequenceClassification
-        teacher = teacher_cls.from_pretrained(localize(distill["teacher_dir"])).to(device).eval().requires_grad_(False)
+        teacher = load_trained(localize(distill["teacher_dir"])).to(device).requires_grad_(False)
     # Pruning's recovery (components/compress/encoder.py): the zeroed weights' keep-masks, re-applied after every step.
     masks = {k: v.bool() for k, v in load_file(Path(base_dir) / "masks.safetensors").items()} if config.get("masked") else {}
     par = wrap(model, cfg.strategy, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.warmup_steps, cfg.max_steps, device,

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from components import tracking, training
 from components.artifact import Artifact, StepContext
 from components.classify.config import LABELS, ClassifyConfig
 from components.classify.loop import build_classifier, train_loop
 from components.core.classification import encode_text, encode_words, frame, score
-from components.core.models import family_of
+from components.core.models import family_of, load_trained
 from components.core.peft_methods import trainable_parameters
 from components.data import benchmarks, entities
 from components.data.corpus import DataError
@@ -54,7 +54,7 @@ def run(cfg: ClassifyConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
             "lora": cfg.lora.model_copy(update={"r": best["r"], "alpha": best["alpha"]})}), labels)[0])
     shutil.copytree(export / "model", ctx.output_dir, dirs_exist_ok=True)
     shutil.rmtree(export)
-    after = score(_load(cfg, ctx.output_dir), test, labels, tokenizer.pad_token_id)
+    after = score(load_trained(ctx.output_dir), test, labels, tokenizer.pad_token_id)
     if cfg.sweep is None:
         plot_curves(ctx)
 
@@ -66,7 +66,7 @@ def run(cfg: ClassifyConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     if cfg.baseline:
         run_id = tracking.trial_run(ctx.tracking_uri, ctx.run_id, ctx.cache_key, "scratch", {"scratch": True})
         export = training.fit(train_loop, {**loop_config, "scratch": True}, ctx, cfg.max_failures, SHOWN, part="scratch", run_id=run_id)
-        scratch = score(_load(cfg, export / "model"), test, labels, tokenizer.pad_token_id)
+        scratch = score(load_trained(export / "model"), test, labels, tokenizer.pad_token_id)
         shutil.rmtree(export)
         tracking.log_metrics(ctx.tracking_uri, run_id, scratch)
         tracking.end_run(ctx.tracking_uri, run_id)
@@ -98,11 +98,6 @@ def _sweep(cfg: ClassifyConfig, loop_config: dict, ctx: StepContext) -> tuple[Pa
 def trainer_for(cfg: ClassifyConfig, loop_config: dict, ctx: StepContext, name: str, callbacks: list):
     """One distributed classify run (a sweep trial's): ctx.workers Ray Train workers."""
     return training.trainer(train_loop, {**loop_config, "cfg": cfg.model_dump()}, ctx, name, cfg.max_failures, callbacks)
-
-
-def _load(cfg: ClassifyConfig, model_dir: Path):
-    model_cls = AutoModelForTokenClassification if cfg.task == "ner" else AutoModelForSequenceClassification
-    return model_cls.from_pretrained(model_dir).eval()
 
 
 def load_examples(cfg: ClassifyConfig, tokenizer, max_length: int,

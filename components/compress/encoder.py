@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from components import storage, tracking, training
 from components.artifact import Artifact, StepContext
@@ -32,7 +32,7 @@ from components.classify.config import LABELS, ClassifyConfig
 from components.classify.loop import train_loop
 from components.classify.step import load_examples
 from components.compress.config import ClassifierData, DistillConfig, PruneConfig, QuantizeConfig, StudentTraining
-from components.compress.step import _on_a_cpu
+from components.compress.step import _finish, _on_a_cpu
 from components.core import prune as P
 from components.core.classification import collate, score
 from components.core.models import count_parameters, load_trained
@@ -54,15 +54,11 @@ def task_of(config) -> str:
     raise ValueError(f"a classifier with labels {names} is none of the classify tasks ({', '.join(LABELS)}, ner)")
 
 
-def _head(task: str):
-    return AutoModelForTokenClassification if task == "ner" else AutoModelForSequenceClassification
-
-
 def _task(source: Artifact, data: ClassifierData, training_cfg: StudentTraining):
     """(task, teacher, tokenizer, classify config, train, test, labels) of the classifier `source`."""
     config = AutoConfig.from_pretrained(source.path)
     task = task_of(config)
-    teacher = _head(task).from_pretrained(source.path).eval()
+    teacher = load_trained(source.path)
     tokenizer = AutoTokenizer.from_pretrained(source.path)
     t = training_cfg
     classify = ClassifyConfig(
@@ -98,7 +94,7 @@ def _fit(model, tokenizer, classify: ClassifyConfig, train, test, labels, teache
     return export
 
 
-def _measure(task: str, test: list[dict], labels: list[str], pad_id: int, dirs: dict[str, str]) -> dict[str, float]:
+def _measure(test: list[dict], labels: list[str], pad_id: int, dirs: dict[str, str]) -> dict[str, float]:
     """Held-out accuracy (and its standard error), parameters and forward seconds of each model directory."""
     out = {}
     for name, directory in dirs.items():
@@ -111,9 +107,9 @@ def _measure(task: str, test: list[dict], labels: list[str], pad_id: int, dirs: 
     return out
 
 
-def _measured(ctx: StepContext, task: str, test, labels, tokenizer, dirs: dict[str, str]) -> dict[str, float]:
+def _measured(ctx: StepContext, test, labels, tokenizer, dirs: dict[str, str]) -> dict[str, float]:
     # On a task holding the step's CPUs (as the causal path measures): timing beside training workers measures them too.
-    return _on_a_cpu(ctx, _measure, task, test, labels, tokenizer.pad_token_id, {k: str(v) for k, v in dirs.items()})
+    return _on_a_cpu(ctx, _measure, test, labels, tokenizer.pad_token_id, {k: str(v) for k, v in dirs.items()})
 
 
 def run_distill_classifier(cfg: DistillConfig, source_step: str, source: Artifact, ctx: StepContext) -> Artifact:
@@ -145,7 +141,7 @@ def run_distill_classifier(cfg: DistillConfig, source_step: str, source: Artifac
         dirs["without_teacher_"] = alone / "model"
 
     # 3. Every model on the same held-out set, side by side.
-    m = _measured(ctx, task, test, labels, tokenizer, dirs)
+    m = _measured(ctx, test, labels, tokenizer, dirs)
     shutil.rmtree(initial)
     metrics = {
         "accuracy_initial": m["initial_accuracy"],
@@ -188,9 +184,9 @@ def run_prune_classifier(cfg: PruneConfig, source_step: str, source: Artifact, c
         tokenizer.save_pretrained(ctx.output_dir)
 
     # 3. The source, the pruned model before recovery and after, on the same held-out set.
-    m = _measured(ctx, task, test, labels, tokenizer, {"source_": source.path, "pruned_": pruned_dir, "": ctx.output_dir})
+    m = _measured(ctx, test, labels, tokenizer, {"source_": source.path, "pruned_": pruned_dir, "": ctx.output_dir})
     shutil.rmtree(pruned_dir)
-    removed = 1 - _block_weight_count(ctx.output_dir, task) / _block_weight_count(source.path, task)  # channels: gone, not zeroed
+    removed = 1 - _block_weight_count(ctx.output_dir) / _block_weight_count(source.path)  # channels: gone, not zeroed
     metrics = {
         "source_accuracy": m["source_accuracy"], "source_accuracy_se": m["source_accuracy_se"],
         "accuracy_before_recovery": m["pruned_accuracy"], "accuracy_before_recovery_se": m["pruned_accuracy_se"],
@@ -210,7 +206,7 @@ def run_quantize_classifier(cfg: QuantizeConfig, source_step: str, source: Artif
     task, model, tokenizer, _, _, test, labels = _task(source, cfg.data, StudentTraining())
     save_quantized(quantize(copy.deepcopy(model), cfg.method, cfg.group_size), ctx.output_dir, cfg.method)
     tokenizer.save_pretrained(ctx.output_dir)
-    m = _measured(ctx, task, test, labels, tokenizer, {"source_": source.path, "": ctx.output_dir})
+    m = _measured(ctx, test, labels, tokenizer, {"source_": source.path, "": ctx.output_dir})
     metrics = {
         "source_accuracy": m["source_accuracy"], "source_accuracy_se": m["source_accuracy_se"],
         "accuracy": m["accuracy"], "accuracy_se": m["accuracy_se"], "test_examples": float(len(test)),
@@ -222,14 +218,8 @@ def run_quantize_classifier(cfg: QuantizeConfig, source_step: str, source: Artif
     return _finish(ctx, source_step, source, metrics, headline)
 
 
-def _finish(ctx: StepContext, source_step: str, source: Artifact, metrics: dict[str, float], headline: str) -> Artifact:
-    tracking.set_tags(ctx.tracking_uri, ctx.run_id, {"lifecycle.compressed_from": source_step, "lifecycle.compressed_from_run": source.run_id})
-    tracking.log_metrics(ctx.tracking_uri, ctx.run_id, metrics)
-    return Artifact(str(ctx.output_dir), "model", ctx.run_id, ctx.cache_key, metrics, headline)
-
-
-def _block_weight_count(directory, task: str) -> int:
-    return sum(m.weight.numel() for _, m in P.block_weights(_head(task).from_pretrained(directory)))
+def _block_weight_count(directory) -> int:
+    return sum(m.weight.numel() for _, m in P.block_weights(load_trained(directory)))
 
 
 @torch.no_grad()
