@@ -32,18 +32,11 @@ def distillation_loss(
         (the teacher has a distribution there even on the prompt); the hard term the labelled ones.
     Returns the scalar loss and its parts in nats per token: {"kl": ..., "ce": ...}.
     """
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ")
-    if temperature <= 0 or not 0 <= alpha <= 1:
-        raise ValueError(f"need temperature > 0 and 0 <= alpha <= 1, got {temperature}, {alpha}")
+    _check(student_logits, teacher_logits, temperature, alpha)
     student, teacher = student_logits[:, :-1].float(), teacher_logits[:, :-1].float()
     targets = labels[:, 1:]
     positions = (attention_mask[:, 1:] > 0) & (attention_mask[:, :-1] > 0)
-
-    log_p_student = F.log_softmax(student / temperature, dim=-1)
-    log_p_teacher = F.log_softmax(teacher / temperature, dim=-1)
-    kl_per_token = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)  # [B, T-1]
-    kl = (kl_per_token * positions).sum() / positions.sum().clamp(min=1)
+    kl = (_soft_kl(student, teacher, temperature) * positions).sum() / positions.sum().clamp(min=1)
 
     ce = F.cross_entropy(student.reshape(-1, student.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
     loss = alpha * temperature**2 * kl + (1 - alpha) * ce
@@ -65,16 +58,25 @@ def classifier_distillation_loss(
         teacher was trained, and is meaningful, there alone.
     Returns the scalar loss and its parts in nats per scored position: {"kl": ..., "ce": ...}.
     """
+    _check(student_logits, teacher_logits, temperature, alpha)
+    classes = student_logits.shape[-1]
+    student, teacher, targets = student_logits.reshape(-1, classes).float(), teacher_logits.reshape(-1, classes).float(), labels.reshape(-1)
+    scored = targets != IGNORE_INDEX
+    kl = _soft_kl(student[scored], teacher[scored], temperature).mean()
+    ce = F.cross_entropy(student[scored], targets[scored])
+    loss = alpha * temperature**2 * kl + (1 - alpha) * ce
+    return loss, {"kl": float(kl.detach()), "ce": float(ce.detach())}
+
+
+def _check(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, alpha: float) -> None:
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ")
     if temperature <= 0 or not 0 <= alpha <= 1:
         raise ValueError(f"need temperature > 0 and 0 <= alpha <= 1, got {temperature}, {alpha}")
-    classes = student_logits.shape[-1]
-    student, teacher, targets = student_logits.reshape(-1, classes).float(), teacher_logits.reshape(-1, classes).float(), labels.reshape(-1)
-    scored = targets != IGNORE_INDEX
-    log_p_student = F.log_softmax(student[scored] / temperature, dim=-1)
-    log_p_teacher = F.log_softmax(teacher[scored] / temperature, dim=-1)
-    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1).mean()
-    ce = F.cross_entropy(student[scored], targets[scored])
-    loss = alpha * temperature**2 * kl + (1 - alpha) * ce
-    return loss, {"kl": float(kl.detach()), "ce": float(ce.detach())}
+
+
+def _soft_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of the distributions softened by `temperature`, per position: [..., C] -> [...] (nats)."""
+    log_p_student = F.log_softmax(student / temperature, dim=-1)
+    log_p_teacher = F.log_softmax(teacher / temperature, dim=-1)
+    return (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)
