@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
@@ -84,7 +85,7 @@ def load_spec(path: str | os.PathLike, overrides: list[str] = ()) -> Resolved:
     except OSError as e:
         raise SpecError(f"{path}: cannot read the spec: {e.strerror}") from None
     try:
-        document = yaml.safe_load(text)
+        document = read_yaml(text, path)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path
@@ -94,6 +95,44 @@ def load_spec(path: str | os.PathLike, overrides: list[str] = ()) -> Resolved:
     for item in overrides:
         apply_override(document, item, path)
     return validate(document, path, text)
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter where a silent reading would change the workflow."""
+
+
+# YAML 1.1 (PyYAML) reads `1e-3` as a string, since it wants a dot: read it as YAML 1.2 does, a
+# number, so that strict validation below can refuse strings where numbers belong.
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _unique_mapping(loader: _SpecLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    # A repeated key (a second `max_steps`, a step name used twice) would silently win over the first.
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise SpecError(f"{loader.name}:{key_node.start_mark.line + 1}: key '{key}' is repeated "
+                            f"(first on line {seen[key] + 1}): give it once")
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_SpecLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def read_yaml(text: str, name: str = "<spec>") -> Any:
+    """Parse spec YAML: duplicate keys are a SpecError naming both lines; `1e-3` is a number."""
+    loader = _SpecLoader(text)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def apply_override(document: dict, item: str, path: str = "<spec>") -> None:
@@ -109,7 +148,7 @@ def apply_override(document: dict, item: str, path: str = "<spec>") -> None:
     if parts[0] in steps and parts[0] not in WorkflowSpec.model_fields:
         parts = ["steps", parts[0]] + (parts[1:] if parts[1:2] in (["uses"], ["needs"], ["with"]) else ["with"] + parts[1:])
     try:
-        value = yaml.safe_load(raw)
+        value = read_yaml(raw, f"override '{item}'")
     except yaml.YAMLError:
         raise SpecError(f"override '{item}': the value is not valid YAML") from None
     node = document
@@ -129,7 +168,8 @@ def validate(document: dict, path: str, text: str = "") -> Resolved:
     """Schema, phases, phase configs, needs, cycles and input kinds; raises SpecError."""
     lines = _key_lines(text)
     try:
-        spec = WorkflowSpec.model_validate(document)
+        # Strict: YAML has real booleans and numbers, so `max_steps: true` is a mistake, not 1.
+        spec = WorkflowSpec.model_validate(document, strict=True)
     except ValidationError as e:
         raise SpecError(_explain(e, path, lines, ())) from None
     configs: dict[str, BaseModel] = {}
@@ -142,7 +182,7 @@ def validate(document: dict, path: str, text: str = "") -> Resolved:
             if need not in spec.steps:
                 raise SpecError(_at(path, lines, where + ("needs",), f"step '{name}', field 'needs': no step named '{need}' (steps: {', '.join(spec.steps)})"))
         try:
-            configs[name] = load(phase.config).model_validate(step.with_)
+            configs[name] = load(phase.config).model_validate(step.with_, strict=True)
         except ValidationError as e:
             raise SpecError(_explain(e, path, lines, where + ("with",), step=name)) from None
         if phase.check:
@@ -153,7 +193,10 @@ def validate(document: dict, path: str, text: str = "") -> Resolved:
     try:
         order = list(TopologicalSorter({n: s.needs for n, s in spec.steps.items()}).static_order())
     except CycleError as e:
-        raise SpecError(f"{path}: the steps form a cycle: {' -> '.join(e.args[1])}") from None
+        cycle = e.args[1]  # [a, b, ..., a]: each one needs the one before it
+        raise SpecError(_at(path, lines, ("steps", cycle[1], "needs"),
+                            f"step '{cycle[1]}', field 'needs': the steps form a cycle: "
+                            + ", ".join(f"'{b}' needs '{a}'" for a, b in zip(cycle, cycle[1:])))) from None
     for name, step in spec.steps.items():
         got = sorted(PHASES[spec.steps[n].uses].produces for n in step.needs)
         want = PHASES[step.uses].needs

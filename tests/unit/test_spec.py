@@ -56,7 +56,15 @@ def test_good_spec_orders_steps_topologically(tmp_path):
         (("    needs: [corpus, tok]", "    needs: [corpus, tokk]"), r"spec.yaml:10: step 'pre', field 'needs': no step named 'tokk'"),
         (("    needs: [corpus, tok]", "    needs: [corpus]"), r"step 'pre', field 'needs': phase 'pretrain' consumes \['dataset', 'tokenizer'\]"),
         (("name: t", "name: t\nstepz: {}"), r"spec.yaml:2: field 'stepz': Extra inputs"),
-        (("    uses: data", "    uses: data\n    needs: [pre]"), r"the steps form a cycle"),
+        (("    uses: data", "    uses: data\n    needs: [pre]"),
+         r"spec.yaml:8: step 'tok', field 'needs': the steps form a cycle: 'tok' needs 'corpus', 'pre' needs 'tok', 'corpus' needs 'pre'"),
+        # A repeated key would silently win over the first: both lines are named.
+        (("      warmup_steps: 5", "      warmup_steps: 5\n      max_steps: 80"),
+         r"spec.yaml:14: key 'max_steps' is repeated \(first on line 12\)"),
+        (("  tok:", "  pre: {uses: data}\n  tok:"), r"spec.yaml:9: key 'pre' is repeated \(first on line 5\)"),
+        # Strict types: YAML has real booleans, so `true` for a count is a mistake, not 1.
+        (("      max_steps: 50", "      max_steps: true"), r"spec.yaml:12: step 'pre', field 'max_steps': Input should be a valid integer \(got True\)"),
+        (("      max_steps: 50", "      max_steps: '50'"), r"spec.yaml:12: step 'pre', field 'max_steps': Input should be a valid integer"),
         (("  tok:", "  tok: [x"), r"spec.yaml:\d+: not valid YAML"),
     ],
 )
@@ -88,6 +96,12 @@ def test_overrides_shorthand_full_path_and_yaml_values(tmp_path):
 def test_bad_overrides(tmp_path, override, expected):
     with pytest.raises(SpecError, match=expected.replace("[", r"\[")):
         load_spec(write(tmp_path, GOOD), [override])
+
+
+def test_exponent_without_a_dot_is_a_number(tmp_path):
+    # YAML 1.1 reads 1e-3 as a string; strict validation would then refuse it.
+    resolved = load_spec(write(tmp_path, GOOD.replace("      warmup_steps: 5", "      warmup_steps: 5\n      lr: 1e-3")), ["pre.weight_decay=1E-2"])
+    assert resolved.configs["pre"].lr == 1e-3 and resolved.configs["pre"].weight_decay == 1e-2
 
 
 def test_apply_override_parses_values():
