@@ -32,10 +32,13 @@ class ModelConfig(BaseModel):
         description="Transformers architecture to build; it sets the family: gpt2 and llama are causal decoders "
         "(next-token pretraining), bert a masked encoder (15% masked tokens), t5 an encoder-decoder (span corruption).",
     )
-    n_layer: int = Field(4, ge=1, description="Transformer blocks (t5: in the encoder and in the decoder each).")
-    n_embd: int = Field(128, ge=8, description="Hidden size.")
-    n_head: int = Field(4, ge=1, description="Attention heads; must divide n_embd.")
-    n_positions: int = Field(128, ge=8, description="Context length in tokens.")
+    # Upper bounds well above today's largest open models (126 layers, width 16,384, 128 heads), so
+    # that a typo (n_embd: 65536, n_positions: 1000000000) is refused here, not by a planner's or a
+    # worker's arithmetic later.
+    n_layer: int = Field(4, ge=1, le=512, description="Transformer blocks (t5: in the encoder and in the decoder each).")
+    n_embd: int = Field(128, ge=8, le=32768, description="Hidden size.")
+    n_head: int = Field(4, ge=1, le=512, description="Attention heads; must divide n_embd.")
+    n_positions: int = Field(128, ge=8, le=1_048_576, description="Context length in tokens.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on residuals, embeddings and attention.")
 
     @property

@@ -91,6 +91,10 @@ def test_overrides_shorthand_full_path_and_yaml_values(tmp_path):
         ("steps.nope.with.lr=1", "has no step 'nope'"),
         ("pre.lr=[1", "not valid YAML"),
         ("pre.lr=-1", "step 'pre', field 'lr': Input should be greater than 0"),
+        # Absurd sizes are typos: refused by the schema, not planned as a 142-billion-GB model.
+        ("pre.model.n_embd=65536", "field 'model.n_embd': Input should be less than or equal to 32768"),
+        ("pre.model.n_positions=1000000000", "field 'model.n_positions': Input should be less than or equal to 1048576"),
+        ("pre.max_steps=1e20", "field 'max_steps': Input should be a valid integer"),
     ],
 )
 def test_bad_overrides(tmp_path, override, expected):
