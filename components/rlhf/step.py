@@ -162,16 +162,16 @@ def run_dpo(cfg: DPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Ar
     tuned = AutoModelForCausalLM.from_pretrained(ctx.output_dir).eval()
     after, chosen, rejected = judge(tuned, "after")
     # The implicit reward's accuracy: does the log-ratio against the reference prefer the chosen answer?
-    # (A tie counts half, so the fine-tuned model, whose log-ratios are all 0, scores 0.5.)
-    def reward_accuracy(c, r) -> float:
-        margin = (c - ref_chosen) - (r - ref_rejected)
-        return float(np.mean((margin > 0) + 0.5 * (margin == 0)))
-
-    metrics = {**before, **after, "reward_accuracy_before": reward_accuracy(ref_chosen, ref_rejected),
-               "reward_accuracy_after": reward_accuracy(chosen, rejected)}
+    # A tie counts half. It has no "before": the reference's log-ratio against itself is 0 on every
+    # pair, so its accuracy would be 0.5 by construction; the paired log-prob accuracy is the before/after.
+    margin = (chosen - ref_chosen) - (rejected - ref_rejected)
+    wins = (margin > 0) + 0.5 * (margin == 0)
+    metrics = {**before, **after, "reward_accuracy_after": float(np.mean(wins)),
+               "reward_accuracy_after_se": float(np.std(wins) / np.sqrt(len(wins)))}
     tracking.log_metrics(ctx.tracking_uri, ctx.run_id, metrics)
     plot_curves(ctx, keys=("loss", "test_loss"), ylabel=f"{cfg.loss} loss")
-    headline = (f"log-ratio preference accuracy {metrics['reward_accuracy_before']:.0%} -> {metrics['reward_accuracy_after']:.0%}, "
+    headline = (f"preference accuracy {before['preference_accuracy_before']:.0%} -> {after['preference_accuracy_after']:.0%} "
+                f"(log-ratio {metrics['reward_accuracy_after']:.0%}), "
                 f"exact match {before['exact_match_before']:.0%} -> {after['exact_match_after']:.0%}")
     return Artifact(str(ctx.output_dir), "model", ctx.run_id, ctx.cache_key, metrics, headline)
 

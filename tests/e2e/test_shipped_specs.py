@@ -73,13 +73,14 @@ def test_tiny_spec_end_to_end_serves_and_gates_a_regression(tiny_run):
           f"{ppo['reward_gain_se']:.2f}, higher on {ppo['reward_win_rate']:.0%} of prompts), KL {ppo['kl_to_reference']:.2f} nats, "
           f"exact match {ppo['exact_match_before']:.1%} -> {ppo['exact_match_after']:.1%}, iteration: generation "
           f"{ppo['iteration_generation_s']:.2f}s, scoring {ppo['iteration_scoring_s']:.2f}s, training {ppo['iteration_training_s']:.2f}s")
-    print(f"tiny dpo: log-ratio accuracy {dpo['reward_accuracy_before']:.1%} -> {dpo['reward_accuracy_after']:.1%}, "
+    print(f"tiny dpo: log-ratio accuracy {dpo['reward_accuracy_after']:.1%} (± {dpo['reward_accuracy_after_se']:.1%}), "
           f"log-prob preference accuracy {dpo['preference_accuracy_before']:.1%} -> {dpo['preference_accuracy_after']:.1%}, "
           f"exact match {dpo['exact_match_before']:.1%} -> {dpo['exact_match_after']:.1%}")
     assert rm["test_accuracy"] >= 0.8 and rm["test_accuracy_unhelpful"] > 0.95  # issue 4's target is 0.9: see its note
     assert ppo["reward_after"] > ppo["reward_before"] and ppo["kl_to_reference"] > 0
     assert ppo["exact_match_after"] >= ppo["exact_match_before"] - 0.02 and ppo["reference_unchanged"] == 1.0
-    assert dpo["reward_accuracy_before"] == 0.5 and dpo["reward_accuracy_after"] > 0.6
+    # An untrained policy's log-ratio is 0 on every pair (accuracy 0.5): the trained one's must clear that by 3 standard errors.
+    assert dpo["reward_accuracy_after"] > 0.5 + 3 * dpo["reward_accuracy_after_se"] and dpo["reward_accuracy_after"] > 0.6
     assert dpo["exact_match_after"] >= dpo["exact_match_before"] - 0.02
     client = mlflow.MlflowClient(tracking.tracking_uri_for(tmp_path))
     assert "reward_kl.png" in [a.path for a in client.list_artifacts(step_run(tmp_path, "ppo").info.run_id)]
