@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from components.core.peft_methods import LoraSettings
-from components.finetune.config import SweepConfig
+from components.finetune.config import SweepConfig, check_sweep
+from components.train_args import TrainArgs
 
 Task = Literal["sst2", "mnli", "ner"]
 LABELS = {"sst2": ("negative", "positive"), "mnli": ("entailment", "neutral", "contradiction")}  # ner: from the data
 
 
-class ClassifyConfig(BaseModel):
+class ClassifyConfig(TrainArgs):
     """Fine-tune a pretrained encoder with a task head under Ray Train; held-out accuracy before and after."""
 
-    model_config = ConfigDict(extra="forbid")
     task: Task = Field(..., description="sst2: sentiment (2 labels); mnli: premise/hypothesis entailment (3 labels); "
                        "ner: named entities, one BIO tag per word (token classification).")
     method: Literal["full", "lora"] = Field("full", description="full: every weight trains; lora: LoRA on attention "
@@ -34,20 +34,16 @@ class ClassifyConfig(BaseModel):
     data_seed: int = Field(1, description="Seed of the generated training data (the bundled dev files came from seed 0).")
     max_length: int = Field(128, ge=8, description="Longest input in tokens; a longer example is an error naming its line "
                             "(at most the model's n_positions).")
-    strategy: Literal["fsdp", "ddp"] = Field("ddp", description="Data-parallel strategy: DDP or FSDP2.")
-    max_steps: int = Field(150, ge=1, description="Optimizer steps.")
-    micro_batch_size: int = Field(16, ge=1, description="Examples per worker per step.")
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW); a tiny encoder takes a larger one than BERT-base's 2e-5.")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW decoupled weight decay.")
-    warmup_steps: int = Field(15, ge=0, description="Linear warmup steps before the cosine decay.")
-    grad_clip: float = Field(1.0, gt=0, description="Clip the global gradient L2 norm to this value.")
+    max_steps: int = TrainArgs.default("max_steps", 150)
+    lr: float = TrainArgs.default(
+        "lr", 1e-3, "Peak learning rate (AdamW, betas 0.9/0.95); a tiny encoder takes a larger one than BERT-base's 2e-5."
+    )
+    weight_decay: float = TrainArgs.default("weight_decay", 0.01)
+    warmup_steps: int = TrainArgs.default("warmup_steps", 15)
     baseline: bool = Field(False, description="Also fine-tune a freshly initialised encoder of the same size the same way "
                            "(accuracy_scratch): what pretraining bought.")
-    log_every: int = Field(25, ge=1, description="Report training loss every N steps.")
-    eval_every: int = Field(50, ge=1, description="Held-out accuracy every N steps.")
-    checkpoint_every: int = Field(100, ge=1, description="Save a resumable checkpoint every N steps.")
-    max_failures: int = Field(3, ge=0, description="Worker-group restarts (from the last checkpoint) before the step fails.")
-    seed: int = Field(0, description="Seed of the head's initialisation and the data order.")
+    log_every: int = TrainArgs.default("log_every", 25)
+    eval_every: int = TrainArgs.default("eval_every", 50, "Held-out accuracy every N steps (and at the end).")
     sweep: SweepConfig | None = Field(
         None, description="Run a Ray Tune sweep over LoRA rank (method lora) instead of one training run: trials are "
         "ranked by accuracy on `validation_fraction` of the training data, and the best one is scored on the test set.",
@@ -59,10 +55,7 @@ class ClassifyConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.warmup_steps >= self.max_steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
-        if self.sweep is not None and self.method != "lora":
-            raise ValueError(f"sweep searches LoRA rank: it needs method 'lora', not {self.method!r}")
+        check_sweep(self.sweep, self.method)
         if self.sweep is not None and self.baseline:
             raise ValueError("baseline and sweep: fine-tune from scratch in a step of its own")
         return self

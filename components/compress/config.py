@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from components.core.quantize import METHODS
+from components.train_args import TrainArgs
 
 
 class Measure(BaseModel):
@@ -20,29 +21,17 @@ class Measure(BaseModel):
     max_new_tokens: int = Field(24, ge=1, description="Greedy tokens per test prompt for exact match.")
 
 
-class StudentTraining(BaseModel):
+class StudentTraining(TrainArgs):
     """Training a compressed model with Ray Train on the instruction data, its source as the teacher."""
 
-    model_config = ConfigDict(extra="forbid")
+    strategy: Literal["fsdp", "ddp"] = TrainArgs.default(
+        "strategy", "ddp", "Data-parallel strategy: DDP or FSDP2 (pruning's masks need ddp: they apply to whole weights)."
+    )
     max_steps: int = Field(300, ge=0, description="Optimizer steps (0: no training).")
-    micro_batch_size: int = Field(16, ge=1, description="Examples per worker per step.")
-    lr: float = Field(3e-3, gt=0, description="Peak learning rate (AdamW), all weights trainable.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
-    warmup_steps: int = Field(10, ge=0, description="Linear warmup steps before the cosine decay.")
-    grad_clip: float = Field(1.0, gt=0, description="Clip the global gradient L2 norm to this value.")
+    lr: float = TrainArgs.default("lr", 3e-3, "Peak learning rate (AdamW, betas 0.9/0.95), all weights trainable.")
+    eval_every: int = TrainArgs.default("eval_every", 100, "Validation loss on held-out instructions every N steps (and at the end).")
     temperature: float = Field(2.0, gt=0, description="Softmax temperature T of the teacher's and student's distributions (T > 1 softens).")
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the soft (teacher) term against the labels' cross-entropy; 0: labels only.")
-    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="Data-parallel strategy (pruning's masks need ddp: they apply to whole weights).")
-    log_every: int = Field(20, ge=1, description="Report the loss every N steps.")
-    checkpoint_every: int = Field(100, ge=1, description="Save a resumable checkpoint every N steps.")
-    max_failures: int = Field(3, ge=0, description="Worker-group restarts (from the last checkpoint) before the step fails.")
-    seed: int = Field(0, description="Seed of the data order.")
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.max_steps and self.warmup_steps >= self.max_steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
-        return self
 
 
 class ClassifierData(BaseModel):

@@ -7,32 +7,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from components.core.peft_methods import LoraSettings
+from components.train_args import DeepSpeedTrainArgs
 
 
-class PairwiseTraining(BaseModel):
+class PairwiseTraining(DeepSpeedTrainArgs):
     """What the reward model and DPO share: a Ray Train run over preference pairs."""
 
-    model_config = ConfigDict(extra="forbid")
-    strategy: Literal["fsdp", "ddp", "deepspeed"] = Field("fsdp", description="Data-parallel strategy: FSDP2, DDP or DeepSpeed ZeRO.")
-    zero_stage: int = Field(2, ge=1, le=3, description="DeepSpeed ZeRO stage.")
-    max_steps: int = Field(200, ge=1, description="Optimizer steps.")
-    micro_batch_size: int = Field(16, ge=1, description="Pairs per worker per step.")
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW).")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
-    warmup_steps: int = Field(10, ge=0, description="Linear warmup steps before the cosine decay.")
-    grad_clip: float = Field(1.0, gt=0, description="Clip the global gradient L2 norm to this value.")
-    log_every: int = Field(20, ge=1, description="Report training loss and pair accuracy every N steps.")
-    eval_every: int = Field(100, ge=1, description="Held-out pair accuracy every N steps.")
-    checkpoint_every: int = Field(100, ge=1, description="Save a resumable checkpoint every N steps.")
-    max_failures: int = Field(3, ge=0, description="Worker-group restarts (from the last checkpoint) before the step fails.")
+    micro_batch_size: int = DeepSpeedTrainArgs.default("micro_batch_size", 16, "Pairs per worker per step.")
+    log_every: int = DeepSpeedTrainArgs.default("log_every", 20, "Report training loss and pair accuracy every N steps.")
+    eval_every: int = DeepSpeedTrainArgs.default("eval_every", 100, "Held-out pair accuracy every N steps (and at the end).")
     test_pairs: int = Field(400, ge=1, description="Held-out pairs scored before and after training.")
-    seed: int = Field(0, description="Seed of data order and initialisation.")
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.warmup_steps >= self.max_steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
-        return self
 
 
 class RewardConfig(PairwiseTraining):
@@ -50,7 +34,7 @@ class DPOConfig(PairwiseTraining):
     )
     method: Literal["lora", "full"] = Field("lora", description="lora: train an adapter (the reference is the model with it off); full: all weights.")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA rank, alpha, dropout and target modules.")
-    lr: float = Field(2e-3, gt=0, description="Peak learning rate (AdamW).")
+    lr: float = PairwiseTraining.default("lr", 2e-3)
     max_new_tokens: int = Field(24, ge=1, description="Greedy tokens per held-out prompt for exact match, before and after.")
 
 
