@@ -19,7 +19,7 @@ class TrainArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     strategy: Literal["fsdp", "ddp"] = Field("ddp", description="Data-parallel strategy: DDP or FSDP2 (fully_shard).")
-    max_steps: int = Field(200, ge=1, description="Optimizer steps.")
+    max_steps: int = Field(200, ge=1, le=100_000_000, description="Optimizer steps (at most 10^8: more is a typo).")
     micro_batch_size: int = Field(16, ge=1, description="Examples per worker per step.")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW, betas 0.9/0.95).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")

@@ -27,7 +27,7 @@ class StudentTraining(TrainArgs):
     strategy: Literal["fsdp", "ddp"] = TrainArgs.default(
         "strategy", "ddp", "Data-parallel strategy: DDP or FSDP2 (pruning's masks need ddp: they apply to whole weights)."
     )
-    max_steps: int = Field(300, ge=0, description="Optimizer steps (0: no training).")
+    max_steps: int = Field(300, ge=0, le=100_000_000, description="Optimizer steps (0: no training; at most 10^8).")
     lr: float = TrainArgs.default("lr", 3e-3, "Peak learning rate (AdamW, betas 0.9/0.95), all weights trainable.")
     eval_every: int = TrainArgs.default("eval_every", 100, "Validation loss on held-out instructions every N steps (and at the end).")
     temperature: float = Field(2.0, gt=0, description="Softmax temperature T of the teacher's and student's distributions (T > 1 softens).")

@@ -95,6 +95,7 @@ def test_overrides_shorthand_full_path_and_yaml_values(tmp_path):
         ("pre.model.n_embd=65536", "field 'model.n_embd': Input should be less than or equal to 32768"),
         ("pre.model.n_positions=1000000000", "field 'model.n_positions': Input should be less than or equal to 1048576"),
         ("pre.max_steps=1e20", "field 'max_steps': Input should be a valid integer"),
+        ("pre.max_steps=100000000000000000000", "field 'max_steps': Input should be less than or equal to 100000000"),
     ],
 )
 def test_bad_overrides(tmp_path, override, expected):
