@@ -30,9 +30,9 @@ from components.core.quantize import INTEGER, RECIPE, linear_weight_bytes, load_
 from components.core.speed import generation_speed
 from components.core.sft import encode_seq2seq_pair
 from components.data.instructions import Example, read_examples_jsonl, spread
-from components.finetune.evaluate import exact_match_by_family
 from components.finetune.step import encode_split
 from components.report import plot_curves
+from components.scoring import exact_match_by_family
 
 SHOWN = ("step", "loss", "kl", "ce", "examples_per_s")
 
