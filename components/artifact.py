@@ -13,16 +13,30 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from components.storage import localize
+
 
 @dataclass(frozen=True)
 class Artifact:
     """One step's output.
 
-    uri: directory (Hugging Face format for models and tokenizers, JSONL splits for data).
-    kind: "dataset", "tokenizer" or "model".
+    uri: the directory (a path, or an object-store URI) holding its files.
+    kind: what the directory holds, one of the kinds the phases produce (workflows/phases.py):
+        dataset       train.jsonl, validation.jsonl ({"text"} lines), dataset.json (source, sizes, digests)
+        tokenizer     a Hugging Face tokenizer (tokenizer.json and its config)
+        model         a Hugging Face model (config.json, model.safetensors, tokenizer files); a fine-tuned
+                      one's adapter in adapter/ and a sweep's trial adapters in trials/<trial>/adapter;
+                      a quantized one's integer weights with compression.json
+        instructions  train.jsonl, validation.jsonl, test.jsonl (Alpaca lines plus "family")
+        preferences   train.jsonl, test.jsonl (prompt, chosen, rejected lines plus "family" and "kind")
+        reward_model  a Hugging Face sequence-classification model with one output, the scalar reward
+        evaluation    scores.json (every score), predictions.jsonl (the instruction answers, when scored)
+        approval      decision.json (passed, failures, the model's URI and registered version, the rules)
+        endpoint      endpoint.json (URL, served model name, registry alias, RAG route when there is one)
     run_id: the MLflow run of the step that made it.
     cache_key: hash of phase, config, upstream keys and code version.
     metrics: a few headline numbers (and digests) for summaries and downstream steps.
+    headline: one line on what the step made, for the progress table and the run's summary.
     cached: True when this execution reused it instead of computing it.
     """
 
@@ -37,8 +51,6 @@ class Artifact:
     @property
     def path(self) -> Path:
         """A local directory with the artifact's files (downloaded once per node from an object store)."""
-        from components.storage import localize
-
         return localize(self.uri)
 
     def to_json(self) -> str:

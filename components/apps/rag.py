@@ -26,14 +26,17 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from ray import serve
+from transformers import AutoConfig, AutoTokenizer
 
 from components.apps.config import RagConfig, RagRequest
 from components.core import retrieval
 from components.core.embedding import wordllama_embed
 from components.core.models import context_length
+from components.data.instructions import format_prompt
 from components.deploy.app import ApiError, add_error_handlers, authorize
 from components.deploy.generation import Params
-from components.deploy.step import local_url, wait_ready
+from components.deploy.ingress import local_url, wait_ready
+from components.storage import localize
 
 INSTRUCTION = "Answer the question using the numbered passages. Cite passages like [1]."
 _CITATION = re.compile(r"\[(\d+)\]")
@@ -63,8 +66,6 @@ rag_app.add_middleware(_BarePrefix)
 
 def rag_prompt(question: str, passages: list[tuple[str, str]]) -> str:
     """The bundled instruction format with numbered passages: passages are (source, text), numbered from 1."""
-    from components.data.instructions import format_prompt
-
     numbered = "\n\n".join(f"[{i}] ({source}) {text}" for i, (source, text) in enumerate(passages, 1))
     return format_prompt(f"{INSTRUCTION}\n\n{numbered}\n\nQuestion: {question}")
 
@@ -77,10 +78,6 @@ def _hit(hit: retrieval.Hit) -> dict:
 @serve.ingress(rag_app)
 class RagServer:
     def __init__(self, settings: dict, model: dict, adapters: list[str]):
-        from transformers import AutoConfig, AutoTokenizer
-
-        from components.storage import localize
-
         self.cfg = RagConfig.model_validate(settings)
         started = time.time()
         self.index = retrieval.build_index(retrieval.collect_documents(self.cfg.collection, self.cfg.patterns),

@@ -19,6 +19,7 @@ from components.core.models import family_of, load_trained
 from components.core.peft_methods import trainable_parameters
 from components.data import benchmarks, entities
 from components.data.corpus import DataError
+from components.finetune.sweep import run_sweep
 from components.report import plot_curves
 
 SHOWN = ("step", "loss", "heldout_accuracy")
@@ -86,18 +87,11 @@ def run(cfg: ClassifyConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
 def _sweep(cfg: ClassifyConfig, loop_config: dict, ctx: StepContext) -> tuple[Path, dict]:
     """A Ray Tune sweep over LoRA rank (components/finetune/sweep.py): each trial trains on the training
     examples less a seeded `validation_fraction`, and is ranked by its accuracy there."""
-    from components.finetune.sweep import run_sweep
-
     train = loop_config["train"]
     order = np.random.default_rng(cfg.seed).permutation(len(train))
     cut = max(1, int(len(train) * cfg.validation_fraction))
     held = {"train": [train[i] for i in order[cut:]], "test": [train[i] for i in order[:cut]]}
-    return run_sweep(cfg, {**loop_config, **held}, ctx, trainer_for, metric="heldout_accuracy", mode="max")
-
-
-def trainer_for(cfg: ClassifyConfig, loop_config: dict, ctx: StepContext, name: str, callbacks: list):
-    """One distributed classify run (a sweep trial's): ctx.workers Ray Train workers."""
-    return training.trainer(train_loop, {**loop_config, "cfg": cfg.model_dump()}, ctx, name, cfg.max_failures, callbacks)
+    return run_sweep(cfg, train_loop, {**loop_config, **held}, ctx, metric="heldout_accuracy", mode="max")
 
 
 def load_examples(cfg: ClassifyConfig, tokenizer, max_length: int,

@@ -32,7 +32,7 @@ from components.classify.config import LABELS, ClassifyConfig
 from components.classify.loop import train_loop
 from components.classify.step import load_examples
 from components.compress.config import ClassifierData, DistillConfig, PruneConfig, QuantizeConfig, StudentTraining
-from components.compress.step import _finish, _on_a_cpu
+from components.compress.wiring import compressed_model, on_a_cpu
 from components.core import prune as P
 from components.core.classification import collate, score
 from components.core.models import count_parameters, load_trained
@@ -109,7 +109,7 @@ def _measure(test: list[dict], labels: list[str], pad_id: int, dirs: dict[str, s
 
 def _measured(ctx: StepContext, test, labels, tokenizer, dirs: dict[str, str]) -> dict[str, float]:
     # On a task holding the step's CPUs (as the causal path measures): timing beside training workers measures them too.
-    return _on_a_cpu(ctx, _measure, test, labels, tokenizer.pad_token_id, {k: str(v) for k, v in dirs.items()})
+    return on_a_cpu(ctx, _measure, test, labels, tokenizer.pad_token_id, {k: str(v) for k, v in dirs.items()})
 
 
 def run_distill_classifier(cfg: DistillConfig, source_step: str, source: Artifact, ctx: StepContext) -> Artifact:
@@ -160,7 +160,7 @@ def run_distill_classifier(cfg: DistillConfig, source_step: str, source: Artifac
     headline = (f"{task} student {metrics['params_ratio']:.0%} of the weights, x{metrics['speedup']:.1f} faster: accuracy "
                 f"{metrics['accuracy']:.1%} ± {metrics['accuracy_se']:.1%} on {len(test)} (teacher {metrics['teacher_accuracy']:.1%}"
                 + (f", without the teacher {metrics['accuracy_without_teacher']:.1%})" if alone is not None else ")"))
-    return _finish(ctx, source_step, source, metrics, headline)
+    return compressed_model(ctx, source_step, source, metrics, headline)
 
 
 def run_prune_classifier(cfg: PruneConfig, source_step: str, source: Artifact, ctx: StepContext) -> Artifact:
@@ -197,7 +197,7 @@ def run_prune_classifier(cfg: PruneConfig, source_step: str, source: Artifact, c
     headline = (f"{task} {cfg.method} {metrics['sparsity']:.0%}: accuracy {metrics['source_accuracy']:.1%} -> "
                 f"{metrics['accuracy_before_recovery']:.1%} pruned -> {metrics['accuracy']:.1%} recovered "
                 f"(± {metrics['accuracy_se']:.1%} on {len(test)})")
-    return _finish(ctx, source_step, source, metrics, headline)
+    return compressed_model(ctx, source_step, source, metrics, headline)
 
 
 def run_quantize_classifier(cfg: QuantizeConfig, source_step: str, source: Artifact, ctx: StepContext) -> Artifact:
@@ -215,7 +215,7 @@ def run_quantize_classifier(cfg: QuantizeConfig, source_step: str, source: Artif
     }
     headline = (f"{task} {cfg.method}: linear weights x{metrics['linear_weight_bytes_ratio']:.2f}, x{metrics['speedup']:.1f} "
                 f"faster, accuracy {metrics['source_accuracy']:.1%} -> {metrics['accuracy']:.1%} (± {metrics['accuracy_se']:.1%} on {len(test)})")
-    return _finish(ctx, source_step, source, metrics, headline)
+    return compressed_model(ctx, source_step, source, metrics, headline)
 
 
 def _block_weight_count(directory) -> int:

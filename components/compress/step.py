@@ -15,7 +15,6 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import ray
 import torch
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoTokenizer
@@ -23,16 +22,18 @@ from transformers import AutoConfig, AutoTokenizer
 from components import storage, tracking, training
 from components.artifact import Artifact, StepContext
 from components.compress.config import DistillConfig, Measure, PruneConfig, QuantizeConfig, StudentTraining
+from components.compress.encoder import run_distill_classifier, run_prune_classifier, run_quantize_classifier
 from components.compress.loop import student_loop
+from components.compress.wiring import compressed_model, on_a_cpu
 from components.core import prune as P
 from components.core.models import context_length, count_parameters, family_of, load_trained, weights_bytes
-from components.core.quantize import INTEGER, RECIPE, linear_weight_bytes, load_quantized, quantize, save_quantized, weight_count
+from components.core.quantize import INTEGER, RECIPE, linear_weight_bytes, quantize, save_quantized, weight_count
 from components.core.speed import generation_speed
 from components.core.sft import encode_seq2seq_pair
 from components.data.instructions import Example, read_examples_jsonl, spread
-from components.finetune.evaluate import exact_match_by_family
 from components.finetune.step import encode_split
 from components.report import plot_curves
+from components.scoring import exact_match_by_family
 
 SHOWN = ("step", "loss", "kl", "ce", "examples_per_s")
 
@@ -59,26 +60,13 @@ def _test_split(inputs: dict[str, Artifact]) -> list[Example]:
     return read_examples_jsonl(instructions.path / "test.jsonl")
 
 
-def _on_a_cpu(ctx: StepContext, fn, *args):
-    """fn(*args) in a Ray task holding the step's CPUs (torch limited to them): the step's own task
-    reserves none, and timing or generating beside other steps' training workers would measure,
-    and slow, them all."""
-    threads = max(1, int(ctx.cpus_per_worker))
-
-    def call(*args):
-        torch.set_num_threads(threads)
-        return fn(*args)
-
-    return ray.get(ray.remote(call).options(num_cpus=ctx.cpus_per_worker, num_gpus=0).remote(*args))
-
-
 def _profiles(source_dir: Path, compressed_dir: Path, test: list[Example], measure: Measure, ctx: StepContext,
               exact_match: bool = False) -> dict[str, float]:
     """Size and speed of the source and the compressed model (as loaded from disk), measured side
     by side on one CPU-holding task; the source's prefixed `source_`, with the ratios a reader looks
     for. Quality next to the source's is the evaluate phase's job; `exact_match` adds the compressed
     model's, for the step's own comparisons (same settings as the variants it is compared with)."""
-    return _on_a_cpu(ctx, _measure_side_by_side, str(source_dir), str(compressed_dir), test, measure, exact_match)
+    return on_a_cpu(ctx, _measure_side_by_side, str(source_dir), str(compressed_dir), test, measure, exact_match)
 
 
 def _measure_side_by_side(source_dir: str, compressed_dir: str, test: list[Example], measure: Measure,
@@ -140,12 +128,6 @@ def _train(student, tokenizer, teacher_uri: str, masks: dict[str, torch.Tensor],
     return trained
 
 
-def _finish(ctx: StepContext, source_step: str, source: Artifact, metrics: dict[str, float], headline: str) -> Artifact:
-    tracking.set_tags(ctx.tracking_uri, ctx.run_id, {"lifecycle.compressed_from": source_step, "lifecycle.compressed_from_run": source.run_id})
-    tracking.log_metrics(ctx.tracking_uri, ctx.run_id, metrics)
-    return Artifact(str(ctx.output_dir), "model", ctx.run_id, ctx.cache_key, metrics, headline)
-
-
 # --- quantize -----------------------------------------------------------------------------
 
 
@@ -153,8 +135,6 @@ def run_quantize(cfg: QuantizeConfig, inputs: dict[str, Artifact], ctx: StepCont
     """Quantize the (merged) model input; returns the quantized model (safetensors + compression.json)."""
     source_step, source = _source(inputs)
     if family_of(AutoConfig.from_pretrained(source.path)) == "masked":  # a classifier: scored on its task's data
-        from components.compress.encoder import run_quantize_classifier
-
         return run_quantize_classifier(cfg, source_step, source, ctx)
     test = _test_split(inputs)
     tokenizer = AutoTokenizer.from_pretrained(source.path)
@@ -166,14 +146,14 @@ def run_quantize(cfg: QuantizeConfig, inputs: dict[str, Artifact], ctx: StepCont
     # 2. Quantize a copy, write it, and measure what a user loads back from disk.
     save_quantized(quantize(copy.deepcopy(model), cfg.method, cfg.group_size), ctx.output_dir, cfg.method)
     tokenizer.save_pretrained(ctx.output_dir)
-    quantized = load_quantized(ctx.output_dir)
+    quantized = load_trained(ctx.output_dir)
 
     # 3. Side by side, and how close the outputs stay: logits and greedy next tokens on the test prompts.
     metrics = {**_profiles(source.path, ctx.output_dir, test, cfg.measure, ctx),
                **_closeness(model, quantized, tokenizer, test[:64])}
     headline = (f"{cfg.method}: linear weights x{metrics['linear_weight_bytes_ratio']:.2f}, latency x{1 / metrics['speedup']:.2f}, "
                 f"batched throughput x{metrics['throughput_ratio']:.2f}, top-1 agreement {metrics['top1_agreement']:.1%}")
-    return _finish(ctx, source_step, source, metrics, headline)
+    return compressed_model(ctx, source_step, source, metrics, headline)
 
 
 @torch.no_grad()
@@ -199,8 +179,6 @@ def run_distill(cfg: DistillConfig, inputs: dict[str, Artifact], ctx: StepContex
     """Distil the model input (the teacher) into a smaller student; returns the student."""
     source_step, source = _source(inputs)
     if family_of(AutoConfig.from_pretrained(source.path)) == "masked":  # a classifier: distilled on its task's data
-        from components.compress.encoder import run_distill_classifier
-
         return run_distill_classifier(cfg, source_step, source, ctx)
     test = _test_split(inputs)
     tokenizer = AutoTokenizer.from_pretrained(source.path)
@@ -230,13 +208,13 @@ def run_distill(cfg: DistillConfig, inputs: dict[str, Artifact], ctx: StepContex
         alone = cfg.training.model_copy(update={"alpha": 0.0})
         run_id = tracking.trial_run(ctx.tracking_uri, ctx.run_id, ctx.cache_key, "without-teacher", {"alpha": 0.0})
         baseline = _train(student, tokenizer, source.uri, {}, alone, pairs, ctx, part="without-teacher", run_id=run_id)
-        em = _on_a_cpu(ctx, _exact_match, baseline, tokenizer, test, cfg.measure)
+        em = on_a_cpu(ctx, _exact_match, baseline, tokenizer, test, cfg.measure)
         metrics["exact_match_without_teacher"] = em
         tracking.log_metrics(ctx.tracking_uri, run_id, {"exact_match": em})
         tracking.end_run(ctx.tracking_uri, run_id)
     headline = (f"student {metrics['params_ratio']:.0%} of the weights, latency x{1 / metrics['speedup']:.2f}: exact match "
                 f"{metrics['exact_match']:.1%}" + (f" (without the teacher {metrics['exact_match_without_teacher']:.1%})" if cfg.baseline else ""))
-    return _finish(ctx, source_step, source, {**metrics, "student_layers": float(len(layers))}, headline)
+    return compressed_model(ctx, source_step, source, {**metrics, "student_layers": float(len(layers))}, headline)
 
 
 # --- prune --------------------------------------------------------------------------------
@@ -246,8 +224,6 @@ def run_prune(cfg: PruneConfig, inputs: dict[str, Artifact], ctx: StepContext) -
     """Prune the model input by magnitude, then recover with a short distillation from it; returns the pruned model."""
     source_step, source = _source(inputs)
     if family_of(AutoConfig.from_pretrained(source.path)) == "masked":  # a classifier: recovered on its task's data
-        from components.compress.encoder import run_prune_classifier
-
         return run_prune_classifier(cfg, source_step, source, ctx)
     test = _test_split(inputs)
     tokenizer = AutoTokenizer.from_pretrained(source.path)
@@ -256,7 +232,7 @@ def run_prune(cfg: PruneConfig, inputs: dict[str, Artifact], ctx: StepContext) -
 
     # 1. Prune: zero the smallest weights (masks kept for recovery), or drop the weakest MLP channels.
     pruned, masks = P.prune(model, cfg.method, cfg.sparsity)
-    em = _on_a_cpu(ctx, _exact_match, pruned, tokenizer, test, cfg.measure)
+    em = on_a_cpu(ctx, _exact_match, pruned, tokenizer, test, cfg.measure)
 
     # 2. Recover: a short training run against the unpruned model, the zeros held.
     recovered = _train(pruned, tokenizer, source.uri, masks, cfg.recovery, _pairs(inputs, tokenizer, context_length(model)), ctx)
@@ -268,7 +244,7 @@ def run_prune(cfg: PruneConfig, inputs: dict[str, Artifact], ctx: StepContext) -
     removed = 1 - _block_weight_count(recovered) / _block_weight_count(model)  # channels: weights gone, not zeroed
     metrics.update(exact_match_before_recovery=em, sparsity=P.sparsity(recovered) if masks else removed)
     headline = f"{cfg.method} {metrics['sparsity']:.0%}: exact match {em:.1%} pruned, {metrics['exact_match']:.1%} recovered"
-    return _finish(ctx, source_step, source, metrics, headline)
+    return compressed_model(ctx, source_step, source, metrics, headline)
 
 
 def _block_weight_count(model) -> int:

@@ -1,0 +1,1 @@
+"""Pure algorithms the phases share: models, losses, metrics, PEFT, parallelism, compression; no Ray, no MLflow."""

@@ -3,11 +3,15 @@ document: causal decoders (GPT-2, Llama), masked encoders (BERT) and encoder-dec
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Literal
 
 import torch
+import transformers
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import (
+    AutoConfig,
     BertConfig,
     BertForMaskedLM,
     GPT2Config,
@@ -18,6 +22,8 @@ from transformers import (
     T5Config,
     T5ForConditionalGeneration,
 )
+
+from components.core.quantize import INTEGER, RECIPE, load_quantized
 
 Family = Literal["causal", "masked", "seq2seq"]
 FAMILY: dict[str, Family] = {"gpt2": "causal", "llama": "causal", "bert": "masked", "t5": "seq2seq"}
@@ -149,19 +155,15 @@ def load_trained(model_dir) -> PreTrainedModel:
     """A lifecycle model as a user loads it, in eval mode: merged weights (safetensors), the base
     plus its soft prompt when it was prompt-tuned (a soft prompt does not fold into weights), or
     a quantized model rebuilt from its integer weights (components/core/quantize.py)."""
-    import json
-    from pathlib import Path
-
     model_dir = Path(model_dir)
-    from components.core.quantize import INTEGER, RECIPE, load_quantized
-
+    model_class = auto_class(model_dir)
     recipe = model_dir / RECIPE
     if recipe.exists() and json.loads(recipe.read_text())["method"] in INTEGER:  # integer weights: rebuilt, not from_pretrained
-        return load_quantized(model_dir)
-    model = auto_class(model_dir).from_pretrained(model_dir)
+        return load_quantized(model_dir, model_class)
+    model = model_class.from_pretrained(model_dir)
     adapter = model_dir / "adapter" / "adapter_config.json"
     if adapter.exists() and json.loads(adapter.read_text()).get("peft_type") == "PROMPT_TUNING":
-        import peft
+        import peft  # deferred: peft is heavy, and only a prompt-tuned model needs it
 
         model = peft.PeftModel.from_pretrained(model, model_dir / "adapter")
     return model.eval()
@@ -171,9 +173,6 @@ def auto_class(model_dir):
     """The transformers Auto class that loads the model saved in `model_dir`: AutoModelForSeq2SeqLM
     for an encoder-decoder (T5); for an encoder, its classification head's class (or the masked-LM
     head of a bare pretrained one); else AutoModelForCausalLM."""
-    import transformers
-    from transformers import AutoConfig
-
     config = AutoConfig.from_pretrained(model_dir)
     family = family_of(config)
     if family == "seq2seq":
@@ -189,6 +188,4 @@ def auto_class(model_dir):
 
 def weights_bytes(model_dir) -> int:
     """Bytes of a model directory's weight files (its top-level safetensors; not an adapter beside them)."""
-    from pathlib import Path
-
     return sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))

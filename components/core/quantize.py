@@ -22,7 +22,12 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+from transformers import AutoConfig
+from transformers.pytorch_utils import Conv1D
 
 METHODS = ("fp16", "bf16", "int8_dynamic", "int8_weight_only", "int4_weight_only")
 INTEGER = ("int8_dynamic", "int8_weight_only", "int4_weight_only")
@@ -31,8 +36,6 @@ RECIPE = "compression.json"
 
 def conv1d_to_linear(model: torch.nn.Module) -> torch.nn.Module:
     """Replace every transformers `Conv1D` ([in, out] weight) by the same map as an `nn.Linear`, in place."""
-    from transformers.pytorch_utils import Conv1D
-
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, Conv1D):
@@ -60,12 +63,10 @@ def quantize(model: torch.nn.Module, method: str, group_size: int = 32) -> torch
     conv1d_to_linear(model)
     names = set(quantizable(model))
     if method == "int8_dynamic":
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
         return quantize_dynamic(model, {name: per_channel_dynamic_qconfig for name in names}, dtype=torch.qint8)
     if method == "int4_weight_only" and not torch.cuda.is_available():
         raise ValueError("int4_weight_only needs a CUDA GPU (torchao's int4 kernels); on CPU use int8_weight_only or int8_dynamic")
-    from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+    from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_  # deferred: torchao is heavy
 
     config = Int8WeightOnlyConfig() if method == "int8_weight_only" else Int4WeightOnlyConfig(group_size=group_size)
     quantize_(model, config, filter_fn=lambda module, fqn: fqn in names)
@@ -83,8 +84,6 @@ def save_quantized(model: torch.nn.Module, directory: Path, method: str) -> None
     model.config.save_pretrained(directory)
     tensors, metadata, modules = {}, {}, []
     if method == "int8_dynamic":
-        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-
         for name, module in model.named_modules():
             if isinstance(module, DynamicLinear):
                 weight, bias = module._weight_bias()
@@ -98,7 +97,7 @@ def save_quantized(model: torch.nn.Module, directory: Path, method: str) -> None
         tensors.update({k: v.contiguous() for k, v in model.state_dict().items()
                         if isinstance(v, torch.Tensor) and k.rpartition(".")[0] not in modules})
     else:
-        from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+        from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict  # deferred: torchao is heavy
 
         tensors, metadata = flatten_tensor_state_dict(model.state_dict())
         modules = quantizable(model)
@@ -107,17 +106,15 @@ def save_quantized(model: torch.nn.Module, directory: Path, method: str) -> None
     (directory / RECIPE).write_text(json.dumps({"method": method, "modules": modules}))
 
 
-def load_quantized(directory: Path) -> torch.nn.Module:
-    """The quantized model `save_quantized` wrote, rebuilt from its config, in eval mode."""
-    from safetensors import safe_open
-    from transformers import AutoConfig
+def load_quantized(directory: Path, model_class) -> torch.nn.Module:
+    """The quantized model `save_quantized` wrote, rebuilt from its config, in eval mode.
 
-    from components.core.models import auto_class
-
+    model_class: the transformers Auto class of its head (components.core.models.auto_class: causal LM,
+    encoder-decoder or encoder classifier); `load_trained` picks it and calls this.
+    """
     directory = Path(directory)
     recipe = json.loads((directory / RECIPE).read_text())
     method = recipe["method"]
-    model_class = auto_class(directory)  # causal LM, encoder-decoder (T5) or encoder classifier
     if method in ("fp16", "bf16"):
         return model_class.from_pretrained(directory).eval()
     model = quantize(model_class.from_config(AutoConfig.from_pretrained(directory)), method)
@@ -136,7 +133,7 @@ def load_quantized(directory: Path) -> torch.nn.Module:
                 owner, _, attr = key.rpartition(".")
                 getattr(model.get_submodule(owner), attr).copy_(tensors[key])
     else:
-        from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
+        from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict  # deferred: torchao is heavy
 
         with safe_open(directory / "model.safetensors", "pt") as f:
             metadata = f.metadata()
@@ -153,9 +150,6 @@ def load_quantized(directory: Path) -> torch.nn.Module:
 
 def linear_weight_bytes(model: torch.nn.Module) -> int:
     """Bytes held by the weights (and scales) of the layers `quantize` acts on, whatever their format."""
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-    from transformers.pytorch_utils import Conv1D
-
     total = 0
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     for module in model.modules():
@@ -172,8 +166,6 @@ def linear_weight_bytes(model: torch.nn.Module) -> int:
 def weight_count(model: torch.nn.Module) -> int:
     """Parameters of the model counted as weights, whatever their format (a dynamically quantized
     Linear keeps its int8 weight outside `parameters()`); tied weights once."""
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-
     seen = {id(p): p.numel() for p in model.parameters()}
     for module in model.modules():
         if isinstance(module, DynamicLinear):

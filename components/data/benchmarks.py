@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.data.corpus import DataError, _read_text, jsonl_records
+from components.data.corpus import DataError, jsonl_records, read_utf8
 
 BUNDLED_DIR = Path(__file__).parent / "bundled" / "benchmarks"
 
@@ -151,7 +151,7 @@ def _mmlu(record: dict, where: str, subject: str) -> Item:
 def _read(path: Path) -> str:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    return _read_text(path)
+    return read_utf8(path)
 
 
 def _tsv_records(path: Path) -> Iterator[tuple[str, dict]]:
@@ -275,7 +275,7 @@ def _hf_spec(spec: str) -> tuple[str, str]:
 def _hf_records(spec: str, split: str) -> Iterator[tuple[str, dict]]:
     """Rows of a Hugging Face dataset through `datasets.load_dataset` (needs the hub or its cache)."""
     name, config = _hf_spec(spec)
-    import datasets
+    import datasets  # deferred: datasets is heavy, and only an hf: benchmark needs it
 
     try:
         ds = datasets.load_dataset(name, config or None, split=split)
@@ -581,7 +581,7 @@ def run_lm_eval(model_dir: str, tasks: list[str], limit: int | None = None) -> d
     """
     if not lm_eval_available():
         raise RuntimeError("lm_eval is not installed: pip install lm-eval (EleutherAI lm-evaluation-harness)")
-    from lm_eval import evaluator
+    from lm_eval import evaluator  # deferred: an optional package, checked for above
 
     out = evaluator.simple_evaluate(model="hf", model_args=f"pretrained={model_dir}", tasks=list(tasks), limit=limit)
     return {} if out is None else out["results"]  # None on non-zero ranks of a distributed run

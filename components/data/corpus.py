@@ -12,8 +12,10 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from pydoc_data.topics import topics
 
 from components.data.config import DataConfig
+from components.data.primer import primer_documents
 
 _BLANK_LINES = re.compile(r"\n[ \t]*\n")
 
@@ -43,8 +45,6 @@ def python_docs_corpus(max_chars: int = 2000) -> list[str]:
     Topics are visited in sorted order, so the result is identical on every machine with the
     same Python version. A paragraph longer than `max_chars` is cut at line boundaries.
     """
-    from pydoc_data.topics import topics
-
     docs: list[str] = []
     for name in sorted(topics):
         pieces = []
@@ -58,7 +58,8 @@ def python_docs_corpus(max_chars: int = 2000) -> list[str]:
     return docs
 
 
-def _read_text(path: Path) -> str:
+def read_utf8(path: Path) -> str:
+    """The text of the file at `path`; DataError naming it when it is not UTF-8."""
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -67,7 +68,7 @@ def _read_text(path: Path) -> str:
 
 def load_txt(path: Path) -> list[str]:
     """One document per blank-line-separated block of a UTF-8 text file."""
-    return [block.strip() for block in _BLANK_LINES.split(_read_text(path)) if block.strip()]
+    return [block.strip() for block in _BLANK_LINES.split(read_utf8(path)) if block.strip()]
 
 
 def load_txt_dir(path: Path) -> list[str]:
@@ -75,7 +76,7 @@ def load_txt_dir(path: Path) -> list[str]:
     files = sorted(p for p in path.rglob("*.txt") if p.is_file())
     if not files:
         raise DataError(f"{path}: directory contains no .txt files")
-    return [text.strip() for text in map(_read_text, files) if text.strip()]
+    return [text.strip() for text in map(read_utf8, files) if text.strip()]
 
 
 def jsonl_records(path: str | os.PathLike):
@@ -123,7 +124,7 @@ def _check_strings(values: list, where: str, column: str) -> list[str]:
 
 def load_parquet(path: Path, text_field: str = "text") -> list[str]:
     """One document per row of column `text_field` (string, no nulls)."""
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # deferred: pyarrow is heavy, and only a .parquet source needs it
 
     try:
         names = pq.read_schema(path).names
@@ -140,7 +141,7 @@ def load_hf(spec: str, text_field: str, split: str) -> list[str]:
     name, _, config = spec.partition(":")
     if not name:
         raise DataError('hf source must look like "hf:NAME[:CONFIG]"')
-    import datasets
+    import datasets  # deferred: datasets is heavy, and only an hf: source needs it
 
     try:
         ds = datasets.load_dataset(name, config or None, split=split)
@@ -176,15 +177,13 @@ def load_documents(cfg: DataConfig) -> list[str]:
     if cfg.max_documents is not None:
         docs = docs[: cfg.max_documents]
     if cfg.primer_documents:
-        from components.data.primer import primer_documents  # here: it needs instructions, which imports this module
-
         docs += primer_documents(cfg.primer_documents, cfg.seed)
     if not docs:
         raise DataError(f"{cfg.source}: no documents with at least {cfg.min_chars} characters")
     return docs
 
 
-def _unit_hash(text: str, seed: int) -> float:
+def unit_hash(text: str, seed: int) -> float:
     """Seeded hash of `text` mapped to [0, 1); the same on every machine and Python version."""
     digest = hashlib.blake2b(f"{seed}:{text}".encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
@@ -200,7 +199,7 @@ def split_by_hash(docs: list[str], validation_fraction: float, seed: int) -> tup
     """
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
-    u = [_unit_hash(d, seed) for d in docs]
+    u = [unit_hash(d, seed) for d in docs]
     in_val = [x < validation_fraction for x in u]
     if len(docs) >= 2 and not any(in_val):
         in_val[min(range(len(docs)), key=lambda i: (u[i], docs[i]))] = True

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.data.corpus import DataError, _read_text
+from components.data.corpus import DataError, read_utf8
 
 LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")  # the generated sentences' tag set
 _TAG = re.compile(r"O|[BI]-[A-Za-z]+")
@@ -82,7 +82,7 @@ def read_conll(path: str | Path) -> list[Sentence]:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     sentences, words, tags, first = [], [], [], 0
-    for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
+    for lineno, line in enumerate(read_utf8(path).split("\n"), start=1):
         columns = line.split()
         if not columns or columns[0] == "-DOCSTART-":
             if words:

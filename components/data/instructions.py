@@ -1,6 +1,7 @@
 """Instruction data: a bundled, seeded task generator, the Alpaca prompt/chat templates, jsonl
 loaders for Alpaca and chat formats, a hash split, multi-task mixing and exact-match scoring
-(`exact_match` now lives in components.core.metrics and is re-exported here).
+(`exact_match` now lives in components.core.metrics and is re-exported here). The tasks' words
+are components/data/vocabulary.py's.
 
 An `Example` holds the full model input (`prompt`, already formatted with `PROMPT_TEMPLATE`) and
 the target `response` (no eos; the fine-tuning phase appends it). Malformed files raise
@@ -19,7 +20,8 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from components.core.metrics import exact_match  # noqa: F401
-from components.data.corpus import DataError, _unit_hash, jsonl_records, write_records_jsonl
+from components.data.corpus import DataError, jsonl_records, unit_hash, write_records_jsonl
+from components.data.vocabulary import ADJECTIVES, DICTIONARY, FIELDS, LANGUAGES, VERBS, WORDS, sentence
 
 
 @dataclass(frozen=True)
@@ -76,32 +78,6 @@ def unformat(prompt: str) -> tuple[str, str]:
 
 # --- bundled task families --------------------------------------------------------------
 
-WORDS = (
-    "apple bird boat book cake car cat chair cloud cup desk dog door egg fish flag frog hat hill "
-    "horse house key kite lamp leaf lion moon nest pen pig rain ring road rock rose ship shoe star sun tree"
-).split()
-FIELDS = {
-    "name": "Ada Bob Cleo Dan Eve Finn Gus Hana Ivan Jo Kim Leo Mia Nora Omar Pia".split(),
-    "city": "Rome Paris Oslo Lima Cairo Tokyo Delhi Quito Berlin Madrid Dublin Seoul".split(),
-    "color": "red blue green black white pink gray brown".split(),
-    "pet": "cat dog fish bird frog horse pig lion".split(),
-}
-VERBS = "runs sleeps eats jumps sings swims waits falls".split()
-ADJECTIVES = "big small red blue old new warm cold".split()
-# English -> (French, Spanish): a word-for-word gloss, so every prompt has one exact answer.
-DICTIONARY = {
-    en: (fr, es)
-    for en, fr, es in map(str.split, (
-        "cat chat gato, dog chien perro, house maison casa, water eau agua, book livre libro, red rouge rojo, "
-        "blue bleu azul, green vert verde, black noir negro, white blanc blanco, big grand grande, "
-        "small petit chico, sun soleil sol, moon lune luna, sea mer mar, bread pain pan, milk lait leche, "
-        "apple pomme manzana, car voiture coche, night nuit noche, man homme hombre, woman femme mujer, "
-        "friend ami amigo, city ville ciudad, fish poisson pez, horse cheval caballo, door porte puerta, "
-        "hand main mano, cheese fromage queso, wine vin vino"
-    ).split(", "))
-}
-LANGUAGES = ("French", "Spanish")
-
 # Each generator draws one task: (instruction, input, response).
 Task = tuple[str, str, str]
 
@@ -131,12 +107,6 @@ def _copy_field(rng: random.Random) -> Task:
     record = {f: rng.choice(FIELDS[f]) for f in fields}
     asked = rng.choice(fields)
     return f"What is the {asked}?", "; ".join(f"{k}: {v}" for k, v in record.items()), record[asked]
-
-
-def sentence(rng: random.Random) -> str:
-    """One short sentence over the task words: "The cat sleeps." or "The car is red."."""
-    return (f"The {rng.choice(WORDS)} {rng.choice(VERBS)}." if rng.random() < 0.5
-            else f"The {rng.choice(WORDS)} is {rng.choice(ADJECTIVES)}.")
 
 
 def _first_sentence(rng: random.Random) -> Task:
@@ -222,7 +192,7 @@ def split_examples(
     for e in examples:
         first.setdefault(e.prompt, e)
     unique = list(first.values())
-    u = [_unit_hash(e.prompt, seed) for e in unique]
+    u = [unit_hash(e.prompt, seed) for e in unique]
     edge = test_fraction + validation_fraction
     split = ["test" if x < test_fraction else "validation" if x < edge else "train" for x in u]
     bounds = {"train": (edge, 1.0), "validation": (test_fraction, edge), "test": (0.0, test_fraction)}

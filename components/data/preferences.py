@@ -22,7 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from components.data.corpus import DataError, _unit_hash, jsonl_records, write_records_jsonl
+from components.data.corpus import DataError, jsonl_records, unit_hash, write_records_jsonl
 from components.data.instructions import Example, unformat, format_prompt
 
 UNHELPFUL = ("I don't know.", "I cannot help with that.", "Sorry, I am not sure.", "Please ask something else.")
@@ -225,8 +225,8 @@ def load_preferences(path: str | os.PathLike, on_bad: str = "error") -> tuple[li
 
 def split_pairs(pairs: list[PreferencePair], test_fraction: float, seed: int) -> dict[str, list[PreferencePair]]:
     """{"train", "test"} by a seeded hash of each prompt: one prompt never lands in both."""
-    test = [p for p in pairs if _unit_hash(p.prompt, seed) < test_fraction]
-    train = [p for p in pairs if _unit_hash(p.prompt, seed) >= test_fraction]
+    test = [p for p in pairs if unit_hash(p.prompt, seed) < test_fraction]
+    train = [p for p in pairs if unit_hash(p.prompt, seed) >= test_fraction]
     if not test or not train:
         raise DataError(f"{len(pairs)} pairs split into {len(train)} train / {len(test)} test; give more pairs")
     return {"train": train, "test": test}

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 
-from components.data.instructions import DICTIONARY, FIELDS, LANGUAGES, WORDS, sentence
+from components.data.vocabulary import DICTIONARY, FIELDS, LANGUAGES, WORDS, sentence
 
 _NUMBER_WORDS = "zero one two three four five six seven eight nine ten".split()
 

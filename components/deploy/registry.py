@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from pydantic import ValidationError
+
 from components import storage, tracking
 from components.deploy.config import DeployConfig
+from components.deploy.step import adapters_of, check_servable
 
 
 def deploy_config(settings: dict[str, Any], who: str = "lifecycle serve") -> DeployConfig:
     """Validate deploy settings (the fields of DeployConfig); the error names the first bad field."""
-    from pydantic import ValidationError
-
     try:
         return DeployConfig.model_validate(settings)
     except ValidationError as e:
@@ -64,8 +65,6 @@ def prepare(ref: str, settings: dict[str, Any], workdir: Path,
     if not (model_dir / "config.json").exists():
         raise ValueError(f"{ref}: its files are gone ({model_dir})")
 
-    from components.deploy.step import adapters_of, check_servable
-
     try:
         check_servable(cfg, str(model_dir))
     except ValueError as e:
@@ -96,7 +95,7 @@ def app(args: dict[str, Any]):
         raise ValueError("serve args: field 'model': required, e.g. models:/NAME@production")
     cfg, model, adapters = prepare(ref, settings, Path(os.environ.get("LIFECYCLE_WORKDIR", ".lifecycle")), who="serve args")
 
-    from components.deploy.app import build
+    from components.deploy.app import build  # deferred: Ray Serve and FastAPI are heavy, and only this builder needs them
 
     return build(cfg, model, adapters)
 

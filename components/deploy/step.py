@@ -10,14 +10,14 @@ applications outlive the driver on a cluster; locally `lifecycle run` keeps serv
 from __future__ import annotations
 
 import json
-import time
-import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from components import storage, tracking
 from components.artifact import Artifact, StepContext
+from components.deploy import kinds
 from components.deploy.config import DeployConfig
+from components.deploy.ingress import local_url, wait_ready
 
 
 def run(cfg: DeployConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
@@ -72,6 +72,7 @@ def adapters_of(model_uri: str, served: str, metadata: dict) -> dict[str, dict[s
 def start(cfg: DeployConfig, model: dict[str, Any], adapters: dict[str, dict[str, Any]], timeout_s: float = 180) -> str:
     """Deploy (or redeploy) the Serve application, and its RAG route when `cfg.rag` is set; returns the API's
     base URL once it answers (the route's URL is `rag_url(cfg)`)."""
+    # Deferred: Ray Serve and FastAPI (the app, the RAG route) are heavy, and only deploying needs them.
     from ray import serve
 
     from components.deploy.app import build
@@ -94,8 +95,6 @@ def check_servable(cfg: DeployConfig, model_path: str) -> str:
     ValueError when no route serves it (a bare masked LM), or when `rag` is set and the model is
     not a causal LM: the RAG route writes its answers with the endpoint's causal chat model.
     """
-    from components.deploy import kinds
-
     kind = kinds.kind_at(storage.localize(model_path))
     if cfg.rag is not None and kind != "causal":
         raise ValueError(f"field 'rag': the RAG route answers with a causal LM, and this model is a {kind} model; "
@@ -106,23 +105,3 @@ def check_servable(cfg: DeployConfig, model_path: str) -> str:
 def rag_url(cfg: DeployConfig) -> str | None:
     """The URL of the endpoint's RAG route, None when it has none."""
     return local_url(cfg.host, cfg.port) + cfg.rag.route_prefix if cfg.rag is not None else None
-
-
-def local_url(host: str, port: int) -> str:
-    """The URL this machine reaches a Serve proxy bound to `host`:`port` at."""
-    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-
-
-def wait_ready(url: str, ready: Callable[[dict], bool], timeout_s: float, what: str) -> None:
-    """Poll `url` until it answers 200 with a JSON body `ready` accepts; TimeoutError after `timeout_s`."""
-    deadline = time.time() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200 and ready(json.loads(response.read())):
-                    return
-        except (OSError, ValueError):
-            pass
-        if time.time() > deadline:
-            raise TimeoutError(f"{what} did not become ready within {timeout_s:.0f}s")
-        time.sleep(0.5)

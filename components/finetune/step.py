@@ -16,9 +16,10 @@ from components.data.corpus import read_jsonl
 from components.data.instructions import read_examples_jsonl, spread
 from components.data.tokenizer import tokenize_and_pack
 from components.finetune.config import FinetuneConfig
-from components.finetune.evaluate import corpus_perplexity, exact_match_by_family, text_scores_by_family
 from components.finetune.loop import build_model, train_loop
+from components.finetune.sweep import run_sweep
 from components.report import plot_curves
+from components.scoring import corpus_perplexity, exact_match_by_family, text_scores_by_family
 
 REPLAY_BLOCK = 64  # tokens per replayed pretraining row
 
@@ -69,9 +70,7 @@ def run(cfg: FinetuneConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     if cfg.sweep is None:
         export, best = training.fit(train_loop, loop_config, ctx, cfg.max_failures, ("step", "loss", "val_loss", "examples_per_s")), {}
     else:
-        from components.finetune.sweep import run_sweep
-
-        export, best = run_sweep(cfg, loop_config, ctx)
+        export, best = run_sweep(cfg, train_loop, loop_config, ctx)
         cfg = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"r": best["r"], "alpha": best["alpha"]}), "lr": best["lr"]})
     shutil.copytree(export / "model", ctx.output_dir, dirs_exist_ok=True)
     if (export / "adapter").exists():
@@ -131,11 +130,6 @@ def encode_split(path: Path, examples, tokenizer, context: int, seq2seq: bool = 
                                  f"context of {context} (shorten it or drop it)")
         pairs.append((ids, labels))
     return pairs
-
-
-def trainer_for(cfg: FinetuneConfig, loop_config: dict, ctx: StepContext, name: str, callbacks: list):
-    """One distributed fine-tuning run (also a sweep trial's): ctx.workers Ray Train workers."""
-    return training.trainer(train_loop, {**loop_config, "cfg": cfg.model_dump()}, ctx, name, cfg.max_failures, callbacks)
 
 
 def _sizes(directory: Path) -> dict[str, float]:

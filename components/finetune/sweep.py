@@ -20,7 +20,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from components import storage, tracking
+from components import storage, tracking, training
 from components.artifact import StepContext
 from components.report import ReportToLineage
 
@@ -37,8 +37,8 @@ class EvaluationsToTune(TuneReportCallback):
             super().after_report(run_context, metrics, checkpoint)
 
 
-def _trial(config: dict, cfg, loop_config: dict, ctx: StepContext, sweep_name: str, trainer_for, metric: str) -> None:
-    """One trial: fine-tune with this rank / alpha / lr as a Ray Train run, logged to its MLflow child run."""
+def _trial(config: dict, cfg, loop, loop_config: dict, ctx: StepContext, sweep_name: str, metric: str) -> None:
+    """One trial: fine-tune with this rank / alpha / lr as a Ray Train run of `loop`, logged to its MLflow child run."""
     lora = cfg.lora.model_copy(update={"r": config["r"], "alpha": config["alpha_per_rank"] * config["r"]})
     trial_cfg = cfg.model_copy(update={"lora": lora, "lr": config["lr"], "sweep": None})
     trial_id = tune.get_context().get_trial_id()
@@ -46,19 +46,18 @@ def _trial(config: dict, cfg, loop_config: dict, ctx: StepContext, sweep_name: s
     run_id = tracking.trial_run(ctx.tracking_uri, ctx.run_id, sweep_name, trial_id, params)
     progress = lambda metrics: ctx.progress({"trial": f"r={lora.r}", **metrics})  # noqa: E731
     callbacks = [ReportToLineage(ctx.tracking_uri, run_id, progress, ("step", "loss", metric)), EvaluationsToTune(metric)]
-    trainer_for(trial_cfg, loop_config, ctx, f"{sweep_name}-{trial_id}", callbacks).fit()
+    training.trainer(loop, {**loop_config, "cfg": trial_cfg.model_dump()}, ctx, f"{sweep_name}-{trial_id}",
+                     trial_cfg.max_failures, callbacks).fit()
 
 
-def run_sweep(cfg, loop_config: dict, ctx: StepContext, trainer_for=None, metric: str = "val_loss",
+def run_sweep(cfg, loop, loop_config: dict, ctx: StepContext, metric: str = "val_loss",
               mode: str = "min") -> tuple[Path, dict]:
     """Run (or resume) the sweep; returns a local copy of the best trial's export and its numbers.
 
-    cfg: the step's config (finetune's, or any with `lora`, `lr`, `max_steps`, `eval_every`, `sweep`);
-    trainer_for(cfg, loop_config, ctx, name, callbacks): one trial's Ray Train trainer (default:
-    finetune's); metric / mode: the reported validation score trials are ranked by, and its sense.
+    cfg: the step's config (finetune's, or any with `lora`, `lr`, `max_steps`, `eval_every`, `max_failures`, `sweep`);
+    loop / loop_config: the phase's Ray Train loop and its config, each trial's run with `cfg` in it as the trial's;
+    metric / mode: the reported validation score trials are ranked by, and its sense.
     """
-    if trainer_for is None:
-        from components.finetune.step import trainer_for
     sweep = cfg.sweep
     name = f"{ctx.step}-sweep-{ctx.cache_key[:16]}"
     path = storage.join(ctx.storage_path, name)
@@ -75,8 +74,8 @@ def run_sweep(cfg, loop_config: dict, ctx: StepContext, trainer_for=None, metric
     # The trial driver only waits on its trainer, so it reserves memory, not CPU: the Ray Train
     # workers hold the CPUs (Tune refuses an empty resource request).
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, cfg=cfg, loop_config=loop_config, ctx=dataclasses.replace(ctx), sweep_name=name,
-                             trainer_for=trainer_for, metric=metric),
+        tune.with_parameters(_trial, cfg=cfg, loop=loop, loop_config=loop_config, ctx=dataclasses.replace(ctx),
+                             sweep_name=name, metric=metric),
         {"cpu": 0, "memory": 256 * 1024**2},
     )
     if tune.Tuner.can_restore(path):
@@ -149,7 +148,7 @@ def results_table(rows: list[dict], best: dict, metric: str = "val_loss") -> str
 
 
 def _log_results(ctx: StepContext, rows: list[dict], best: dict, summary: dict, scheduler: str, metric: str) -> None:
-    from matplotlib.figure import Figure  # not pyplot: no global backend switch, nothing to close
+    from matplotlib.figure import Figure  # deferred, matplotlib is heavy; not pyplot: no global backend switch, nothing to close
 
     table = results_table(rows, best, metric)
     label = metric.replace("_", " ")

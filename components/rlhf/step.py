@@ -21,8 +21,8 @@ from components.core.preference import sequence_logprobs
 from components.core.sft import encode_pair, pad_batch
 from components.data.instructions import Example
 from components.data.preferences import PreferencePair, read_pairs_jsonl
-from components.finetune.evaluate import exact_match_by_family
 from components.report import plot_curves
+from components.scoring import exact_match_by_family
 from components.rlhf import ppo
 from components.rlhf.config import DPOConfig, PPOConfig, RewardConfig
 from components.rlhf.loop import build_reward_model, pairwise_loop

@@ -14,7 +14,7 @@ from components.artifact import Artifact
 from components.compress.step import _source
 from components.core import prune as P
 from components.core.distill import distillation_loss
-from components.core.models import ModelConfig, build_causal_lm, load_trained
+from components.core.models import ModelConfig, auto_class, build_causal_lm, load_trained
 from components.core.quantize import (
     linear_weight_bytes, load_quantized, quantizable, quantize, save_quantized, weight_count,
 )
@@ -113,7 +113,7 @@ def test_quantized_outputs_stay_close_and_survive_a_safetensors_round_trip(token
     save_quantized(quantized, tmp_path, method)
     assert {p.suffix for p in tmp_path.iterdir()} <= {".json", ".safetensors"}  # nothing to unpickle
     assert json.loads((tmp_path / "compression.json").read_text())["method"] == method
-    for loaded in (load_quantized(tmp_path), load_trained(tmp_path)):
+    for loaded in (load_quantized(tmp_path, auto_class(tmp_path)), load_trained(tmp_path)):
         with torch.no_grad():
             assert torch.equal(loaded(input_ids=ids).logits.float(), logits)
 

@@ -232,8 +232,9 @@ def test_pack_shapes_and_eos_separation(tok):
 
 
 def test_primer_adds_the_task_vocabulary_but_no_instruction_or_skill(corpus):
-    from components.data.instructions import DICTIONARY, PROMPT_TEMPLATE
+    from components.data.instructions import PROMPT_TEMPLATE
     from components.data.primer import primer_documents
+    from components.data.vocabulary import DICTIONARY
 
     docs = load_documents(DataConfig(primer_documents=60))
     assert docs[: len(corpus)] == corpus and len(docs) == len(corpus) + 60

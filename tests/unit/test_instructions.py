@@ -11,7 +11,6 @@ from components.data.config import TokenizerConfig
 from components.data.corpus import DataError
 from components.data.instructions import (
     CHAT_TEMPLATE,
-    DICTIONARY,
     FAMILIES,
     Example,
     InstructionDataConfig,
@@ -28,6 +27,7 @@ from components.data.instructions import (
     write_examples_jsonl,
 )
 from components.data.tokenizer import train_bpe
+from components.data.vocabulary import DICTIONARY
 
 
 @pytest.fixture(scope="module")

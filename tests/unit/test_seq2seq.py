@@ -10,7 +10,7 @@ from components.core.sft import IGNORE_INDEX, encode_pair, encode_seq2seq_pair, 
 from components.data.config import TokenizerConfig
 from components.data.instructions import FAMILIES, generate_tasks
 from components.data.tokenizer import train_bpe
-from components.finetune.evaluate import text_scores_by_family
+from components.scoring import text_scores_by_family
 from components.finetune.step import encode_split
 
 DOCS = [f"the cat {i} sat on the mat and the dog ran to the red house number {i * 7}." for i in range(300)]

@@ -1,5 +1,6 @@
-"""What fine-tuning is judged by: exact match on held-out tasks, and perplexity on pretraining text (forgetting);
-for an encoder-decoder, BLEU and ROUGE-L of the same answers too."""
+"""How the finetune, rlhf and compress steps score a generative model on held-out instruction tasks: exact match
+per task family, perplexity on pretraining text (forgetting), and for an encoder-decoder BLEU and ROUGE-L of the
+same answers. (The evaluate phase has its own benchmarks: components/evaluate/.)"""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from components.core import metrics
 from components.core.perplexity import perplexity
 from components.core.sft import greedy_answers
-from components.data.instructions import Example, exact_match
+from components.data.instructions import Example
 from components.data.tokenizer import token_stream
 
 
@@ -17,7 +18,7 @@ def exact_match_by_family(model, tokenizer, examples: list[Example], max_new_tok
     answers = greedy_answers(model, tokenizer, [e.prompt for e in examples], max_new_tokens)
     hits: dict[str, list[bool]] = {}
     for example, answer in zip(examples, answers):
-        hits.setdefault(example.family, []).append(exact_match(answer, example.response))
+        hits.setdefault(example.family, []).append(metrics.exact_match(answer, example.response))
     scores = {family: sum(h) / len(h) for family, h in sorted(hits.items())}
     scores["all"] = sum(sum(h) for h in hits.values()) / max(len(examples), 1)
     return scores

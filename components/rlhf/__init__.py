@@ -1,0 +1,1 @@
+"""The RLHF phases: a reward model on preference pairs, then alignment with PPO or DPO."""
