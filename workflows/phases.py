@@ -97,7 +97,7 @@ PHASES: dict[str, Phase] = {
     "reward": Phase(
         "components.rlhf.config:RewardConfig", "components.rlhf.step:run_reward", ("model", "preferences"), "reward_model",
         "train a reward model (scalar head, Bradley-Terry loss) on preference pairs with Ray Train",
-        trains_weights=True, runner="ray_train", sizing=Sizing(pairs=True),
+        trains_weights=True, runner="ray_train", sizing=Sizing(pairs=True, vocab_logits=False),  # a scalar head: one logit per sequence
     ),
     "ppo": Phase(
         "components.rlhf.config:PPOConfig", "components.rlhf.step:run_ppo", ("model", "reward_model", "preferences"), "model",
