@@ -34,6 +34,7 @@ class StudentTraining(BaseModel):
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the soft (teacher) term against the labels' cross-entropy; 0: labels only.")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="Data-parallel strategy (pruning's masks need ddp: they apply to whole weights).")
     log_every: int = Field(20, ge=1, description="Report the loss every N steps.")
+    eval_every: int = Field(100, ge=1, description="Validation loss on held-out instructions every N steps (and at the end).")
     checkpoint_every: int = Field(100, ge=1, description="Save a resumable checkpoint every N steps.")
     max_failures: int = Field(3, ge=0, description="Worker-group restarts (from the last checkpoint) before the step fails.")
     seed: int = Field(0, description="Seed of the data order.")
