@@ -171,23 +171,23 @@ def test_no_key_is_a_401_before_the_body_is_read_and_sizes_are_capped(endpoint):
 
 
 def stream_events(url, body, started=None):
-    """(status, events) of a streamed completion; sets `started` at its first event."""
-    events = []
+    """(status, events, times of the first and last event) of a streamed completion; sets `started` at its first event."""
+    events, times = [], []
     with httpx.stream("POST", f"{url}/completions", json={**body, "stream": True}, headers=HEADERS, timeout=120) as r:
         if r.status_code != 200:
             r.read()
-            return r.status_code, events
+            return r.status_code, events, None
         for line in r.iter_lines():
             if line.startswith("data: "):
                 events.append(line[6:])
+                times.append(time.monotonic())
                 if started is not None:
                     started.set()
-    return r.status_code, events
+    return r.status_code, events, (times[0], times[-1])
 
 
 def test_streams_hold_their_slot_to_the_end_and_block_no_one(endpoint):
     import threading
-    import time
 
     url, *_ = endpoint
     long = {"model": "tiny", "prompt": "Count the words: a b c", "max_tokens": 240}  # the tiny model says no eos before
@@ -198,7 +198,7 @@ def test_streams_hold_their_slot_to_the_end_and_block_no_one(endpoint):
         assert started.wait(60)
         short = post(url, {"model": "tiny", "prompt": "hi", "max_tokens": 2, "temperature": 0})
         answered_while_streaming = not running.done()
-        status, events = running.result()
+        status, events, _ = running.result()
     assert short.status_code == 200 and status == 200 and events[-1] == "[DONE]"
     assert answered_while_streaming, "the short request waited for the whole stream"
     # A burst of streams: at most max_ongoing_requests (4) at once, each to its end; the rest 429 or 503.
@@ -210,9 +210,12 @@ def test_streams_hold_their_slot_to_the_end_and_block_no_one(endpoint):
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(burst, range(8)))
-    codes = [code for code, _ in results]
+    codes = [code for code, _, _ in results]
     assert set(codes) <= {200, 429, 503} and codes.count(429) + codes.count(503) > 0, codes
-    assert all(events[-1] == "[DONE]" for code, events in results if code == 200)
+    assert all(events[-1] == "[DONE]" for code, events, _ in results if code == 200)
+    spans = [span for code, _, span in results if code == 200]
+    overlap = max(sum(first <= t <= last for first, last in spans) for t, _ in spans)
+    assert overlap <= 4, f"{overlap} streams ran at once, past max_ongoing_requests (4)"
     time.sleep(0.5)
     assert post(url, {"model": "tiny", "prompt": ["hi"] * 4, "max_tokens": 2}).status_code == 200  # every slot came back
 
