@@ -211,9 +211,18 @@ def _untie(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _retie(weights: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Fill keys dropped by _untie (tied weights) from the tensor they share."""
-    if "lm_head.weight" not in weights:
-        for name in ("transformer.wte.weight", "model.embed_tokens.weight"):
-            if name in weights:
-                weights["lm_head.weight"] = weights[name]
+    """Fill keys dropped by _untie (tied weights) from the one they share a parameter with in `model`.
+
+    The ties are read from the model itself (every name of one Parameter), not assumed: a reward
+    model has no lm_head to fill, and a prompt-tuning PeftModel also names its embedding
+    `word_embeddings.weight`.
+    """
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    for tied in names.values():
+        present = next((n for n in tied if n in weights), None)
+        for name in tied:
+            if present is not None and name not in weights:
+                weights[name] = weights[present]
     return weights

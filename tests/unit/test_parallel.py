@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from components.core.models import ModelConfig, build_causal_lm
-from components.core.parallel import wrap
+from components.core.parallel import _retie, _untie, wrap
 from components.core.peft_methods import LoraSettings, PromptTuningSettings, SelectiveSettings, apply_method
 
 CFG = ModelConfig(n_layer=2, n_embd=32, n_head=2, n_positions=16)
@@ -102,3 +102,22 @@ def test_strategy_trains_and_resumes_exactly_with_a_full_and_a_lora_model(tmp_pa
     assert lora["losses"][-1] < lora["losses"][0]
     assert resumed_lora["losses"] == pytest.approx(lora["losses"][3:], rel=1e-4)
     assert lora["moved_base_weights"] == []  # every frozen weight, gathered after training, is bit-identical
+
+
+@pytest.mark.parametrize("kind", ["causal", "reward", "prompt_tuning"])
+def test_a_checkpoint_keeps_one_copy_of_tied_weights_and_loads_back_whole(kind):
+    # Resuming a reward model (no lm_head) or a prompt-tuning model (its embedding named twice) used to
+    # fail: the tie was assumed to be lm_head <-> wte instead of read from the model.
+    from transformers import GPT2ForSequenceClassification
+
+    base = build_causal_lm(CFG, 64, 0, 0, 1)
+    if kind == "reward":
+        net = GPT2ForSequenceClassification(base.config.__class__(**{**base.config.to_dict(), "num_labels": 1}))
+    elif kind == "prompt_tuning":
+        net = apply_method(base, "prompt_tuning", LoraSettings(), PromptTuningSettings(init_text=None), SelectiveSettings())
+    else:
+        net = base
+    full = net.state_dict()
+    stored = _untie(full)
+    assert len(stored) < len(full) or kind == "reward"  # a tied tensor is stored once
+    assert set(_retie(dict(stored), net)) == set(full)
