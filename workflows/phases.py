@@ -70,6 +70,12 @@ PHASES: dict[str, Phase] = {
         "components.rlhf.config:DPOConfig", "components.rlhf.step:run_dpo", ("model", "preferences"), "model",
         "align the model on preference pairs with DPO (or IPO) under Ray Train; no reward model, no sampling",
     ),
+    "grpo": Phase(
+        "components.grpo.config:GRPOConfig", "components.grpo.step:run", ("model", "instructions", "reward_model?"), "model",
+        "group-relative RL (GRPO, Dr. GRPO, RLOO) with verifiable rewards: G sampled answers per prompt scored by checkers, "
+        "user functions or the reward model; rollout, reference and learner as Ray actors, no value model",
+        check="components.grpo.step:check",
+    ),
     "quantize": Phase(
         "components.compress.config:QuantizeConfig", "components.compress.step:run_quantize", ("model", "instructions?"), "model",
         "quantize a merged model (fp16/bf16, int8 dynamic, int8/int4 weight-only); size, CPU speed and exact match next to the source; "

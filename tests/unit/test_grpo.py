@@ -185,3 +185,35 @@ def test_failures_of_a_reward_function_are_pinned_to_their_completion():
 
 def test_terms_combine_by_weight():
     assert combine({"correct": [1.0, 0.0], "format": [1.0, 1.0]}, {"correct": 1.0, "format": 0.1}) == pytest.approx([1.1, 0.1])
+
+
+# --- the phase's spec validation ----------------------------------------------------------------
+
+SPEC = """name: g
+steps:
+  corpus: {uses: data}
+  tokenizer: {uses: tokenizer, needs: [corpus]}
+  pretrain: {uses: pretrain, needs: [corpus, tokenizer]}
+  instructions: {uses: instructions}
+  finetune: {uses: finetune, needs: [pretrain, instructions, corpus]}
+  grpo:
+    uses: grpo
+    needs: [finetune, instructions]
+    with:
+      algorithm: dr_grpo
+      rewards: {correct: 1.0, format: 0.1, REWARD: 0.5}
+"""
+
+
+def test_the_spec_refuses_a_reward_function_that_cannot_be_imported_or_called(tmp_path):
+    from workflows.spec import SpecError, load_spec
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC.replace("REWARD", "'tests.unit.test_grpo:length_reward'"))
+    cfg = load_spec(path).configs["grpo"]
+    assert cfg.algorithm == "dr_grpo" and cfg.user_functions == ["tests.unit.test_grpo:length_reward"]
+    for ref, message in [("no_such_module_xyz:f", "cannot import module"), ("tests.unit.test_grpo:two_arguments", "keyword arguments"),
+                         ("bleu", "unknown reward term")]:
+        path.write_text(SPEC.replace("REWARD", f"'{ref}'"))
+        with pytest.raises(SpecError, match=f"step 'grpo'.*{message}"):
+            load_spec(path)
