@@ -59,7 +59,7 @@ SEQ = 128  # the tiny model's context: ModelConfig().n_positions
 # Helpers of components/pretrain/loop.py timed inside the workers (any that no longer exist are skipped):
 # model build, initial and final perplexity, the strategy's wrapping, data, validation, the final
 # gather + export + perplexity, checkpoint save + report, and the loss all-reduce of every report.
-TIMED = ("build_causal_lm", "perplexity", "wrap", "_batch", "_validation_loss", "_finish", "_report", "_mean_over_workers")
+TIMED = ("build_causal_lm", "perplexity", "wrap", "batch_rows", "_validation_loss", "_finish", "_report", "mean_over_workers")
 
 
 # --- the data: what the workflow's data and tokenizer steps make ------------------------------------
@@ -313,7 +313,7 @@ def breakdown(ev: dict, tokens_per_step: int) -> dict:
         "loop_setup_s": first - ev["loop_start"],
         "initial_perplexity_s": ppl[0] if len(ppl) > 1 else 0.0,
         "training_s": training,
-        "data_s": total("_batch"),
+        "data_s": total("batch_rows"),
         "end_of_loop_s": end,
         "validation_s": total("_validation_loss"),
         "export_s": total("_finish"),
@@ -329,11 +329,11 @@ def breakdown(ev: dict, tokens_per_step: int) -> dict:
 
 def data_cost(blocks: np.ndarray, micro: int, steps: int, seed: int) -> tuple[float, float]:
     """Seconds per step of the loop's batch function, and of the plain loop's slicing, single-threaded."""
-    from components.pretrain.loop import _batch
+    from components.train_loop import batch_rows
 
     start = time.perf_counter()
     for i in range(steps):
-        _batch(blocks, i, micro, 0, 2, seed)
+        torch.from_numpy(blocks[batch_rows(len(blocks), i, micro, 0, 2, seed, wrap=False)].astype(np.int64))
     loop = (time.perf_counter() - start) / steps
     data = torch.from_numpy(blocks.astype(np.int64))
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[0::2]

@@ -40,12 +40,15 @@ def trainer(loop: Callable[[dict], None], loop_config: dict, ctx: StepContext, n
 def fit(loop: Callable[[dict], None], loop_config: dict, ctx: StepContext, max_failures: int, shown: tuple[str, ...],
         part: str = "", run_id: str | None = None) -> Path:
     """Run `loop` to the end, every report logged to MLflow (`run_id`, default the step's run) and
-    shown in the progress table; returns a local copy of the final checkpoint (the loop's export).
-    `part` names a second training run of the same step (its own checkpoints)."""
+    shown in the progress table; returns a local copy of the final checkpoint (the loop's export:
+    model/, adapter/, progress.json; without state/, which only a resumed run reads).
+    The run is named by the step's cache key, so a re-run after a killed driver resumes from the
+    latest checkpoint; `part` names a second training run of the same step (its own checkpoints)."""
     name = f"{ctx.step}-{ctx.cache_key[:16]}" + (f"-{part}" if part else "")
     callbacks = [ReportToLineage(ctx.tracking_uri, run_id or ctx.run_id, ctx.progress, shown)]
     result = trainer(loop, loop_config, ctx, name, max_failures, callbacks).fit()
     local = Path(tempfile.mkdtemp(prefix=f"{ctx.phase}-export-"))
     with result.checkpoint.as_directory() as directory:
-        shutil.copytree(directory, local, dirs_exist_ok=True)
+        top = Path(directory)
+        shutil.copytree(top, local, dirs_exist_ok=True, ignore=lambda d, names: ["state"] if Path(d) == top else [])
     return local

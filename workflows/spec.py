@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from workflows.phases import PHASES, TRAINS_WEIGHTS, load
+from workflows.phases import PHASES, load
 
 
 class SpecError(ValueError):
@@ -207,7 +207,7 @@ def validate(document: dict, path: str, text: str = "") -> Resolved:
                     f"but its needs provide {got or 'nothing'}")
             )
         quantized = [n for n in step.needs if spec.steps[n].uses == "quantize"]
-        if quantized and step.uses in TRAINS_WEIGHTS:
+        if quantized and PHASES[step.uses].trains_weights:
             raise SpecError(
                 _at(path, lines, ("steps", name, "needs"),
                     f"step '{name}' ({step.uses}) would train on and merge into '{quantized[0]}', a quantized model: "

@@ -8,13 +8,8 @@ permutation (as in fine-tuning), so a resumed run replays nothing.
 
 from __future__ import annotations
 
-import json
-import tempfile
-import time
-from pathlib import Path
+from functools import partial
 
-import ray.train
-import ray.train.torch
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -24,15 +19,14 @@ from components.core.distill import distillation_loss
 from components.core.parallel import wrap
 from components.core.prune import apply_masks
 from components.core.sft import pad_batch
-from components.finetune.loop import batch_rows, mean_over_workers, save_and_report, validation_loss
 from components.storage import localize
+from components.train_loop import Run, batch_rows, export_model, validation_loss, worker
 
 
 def student_loop(config: dict) -> None:
     cfg = StudentTraining.model_validate(config["cfg"])
     train, val = config["train_pairs"], config["val_pairs"]
-    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
-    device = ray.train.torch.get_device()
+    rank, world, device = worker()
 
     # 1. The student (every weight trains), the frozen teacher when the soft term is on, the masks when pruned.
     student_dir = localize(config["student_dir"])  # a copy on this node when the run's storage is an object store
@@ -44,21 +38,12 @@ def student_loop(config: dict) -> None:
                micro_batch=cfg.micro_batch_size)
 
     # 2. Resume from the last checkpoint, if Ray Train restarted us.
-    progress, resumed_from = {"step": 0}, None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            par.load(Path(directory) / "state")
-            progress = json.loads((Path(directory) / "progress.json").read_text())
-        resumed_from = progress["step"]
-        if progress["step"] == cfg.max_steps:  # restarted after the end: say the final numbers again
-            ray.train.report(progress["final_metrics"], checkpoint=checkpoint if rank == 0 else None)
-            return
+    run = Run(cfg, par, rank, "examples_per_s", cfg.micro_batch_size * world)
+    if run.resume():
+        return
 
     # 3. Train: the student's distribution towards the teacher's (temperature T) and the labels.
-    window = {"loss": 0.0, "kl": 0.0, "ce": 0.0, "steps": 0}
-    window_start = time.perf_counter()
-    for step in range(progress["step"], cfg.max_steps):
+    for step in run.steps():
         pairs = [train[i] for i in batch_rows(len(train), step, cfg.micro_batch_size, rank, world, cfg.seed)]
         batch = {k: v.to(device) for k, v in pad_batch(pairs, tokenizer.pad_token_id).items()}
         if teacher is None:
@@ -74,45 +59,17 @@ def student_loop(config: dict) -> None:
         grad_norm = par.step()
         if masks:
             apply_masks(model, masks)  # the optimizer moved pruned weights: put the zeros back
-        window["loss"] += loss.item()
-        window["kl"] += parts["kl"]
-        window["ce"] += parts["ce"]
-        window["steps"] += 1
-        done = progress["step"] = step + 1
-        last = done == cfg.max_steps
-        if done % cfg.log_every and done % cfg.checkpoint_every and not last:
+        run.record(grad_norm, loss=loss.item(), kl=parts["kl"], ce=parts["ce"])
+        if not run.report_due():
             continue
 
-        # 4. Report: loss and its parts; a checkpoint; at the end, validation loss and the export.
-        metrics = {
-            "step": done,
-            **{k: mean_over_workers(window[k] / window["steps"]) for k in ("loss", "kl", "ce")},
-            "lr": par.lr(),
-            "grad_norm": grad_norm,
-            "examples_per_s": cfg.micro_batch_size * world * window["steps"] / (time.perf_counter() - window_start),
-        }
-        if resumed_from is not None:
-            metrics["resumed_from_step"], resumed_from = resumed_from, None
-        if last:
+        # 4. Report: loss and its parts; validation loss; a checkpoint; at the end, the export.
+        metrics = run.metrics()
+        if run.eval_due():
             metrics["val_loss"] = validation_loss(par.model, val, cfg.micro_batch_size, rank, world, device, tokenizer.pad_token_id)
-            progress["final_metrics"] = metrics
-            save_and_report(metrics, par, progress, rank, cfg.strategy, export=_export(par, student_dir, rank))
-        elif done % cfg.checkpoint_every == 0:
-            save_and_report(metrics, par, progress, rank, cfg.strategy)
-        else:
-            ray.train.report(metrics)
-        window = {"loss": 0.0, "kl": 0.0, "ce": 0.0, "steps": 0}
-        window_start = time.perf_counter()
+        run.report(metrics, export_model(par, rank, partial(_fresh_student, student_dir), "student") if run.last else None)
 
 
-def _export(par, student_dir: str, rank: int) -> Path | None:
-    """Gather the weights (collective); rank 0 writes them as a Hugging Face model in `model/`."""
-    weights = par.full_state_dict()
-    if rank != 0:
-        return None
-    model = AutoModelForCausalLM.from_pretrained(student_dir)
-    model.load_state_dict(weights, strict=False)  # a tied lm_head may be absent; it follows the embedding
-    export = Path(tempfile.mkdtemp(prefix="student-export-"))
-    model.save_pretrained(export / "model")
-    AutoTokenizer.from_pretrained(student_dir).save_pretrained(export / "model")
-    return export
+def _fresh_student(student_dir):
+    """(model, tokenizer) of the untrained student, for the export to load the trained weights into."""
+    return AutoModelForCausalLM.from_pretrained(student_dir), AutoTokenizer.from_pretrained(student_dir)

@@ -60,17 +60,21 @@ class SelectiveSettings(BaseModel):
 
 
 def apply_method(model, method: Method, lora: LoraSettings, prompt_tuning: PromptTuningSettings,
-                 selective: SelectiveSettings, tokenizer=None):
+                 selective: SelectiveSettings, tokenizer=None, task_type: str | None = None,
+                 modules_to_save: list[str] | None = None):
     """Return the model to train with `method`; base weights not trained have requires_grad False.
 
     For the peft methods the result is a `PeftModel` wrapping `model` (whose weights it shares).
+    task_type: peft's task type; None: CAUSAL_LM or SEQ_2_SEQ_LM by the model. A task head's type
+    (SEQ_CLS, TOKEN_CLS) makes peft train the new classifier too; modules_to_save (lora) adds more
+    modules trained whole (e.g. a new pooler).
     Raises ValueError naming the field when a target module or pattern matches nothing.
     """
     import peft
 
     arch = model.config.model_type
-    # peft's task type picks the wrapper (PeftModelForCausalLM / ForSeq2SeqLM) and how it generates.
-    task_type = "SEQ_2_SEQ_LM" if getattr(model.config, "is_encoder_decoder", False) else "CAUSAL_LM"
+    # peft's task type picks the wrapper (PeftModelForCausalLM / ForSeq2SeqLM / ...) and how it generates.
+    task_type = task_type or ("SEQ_2_SEQ_LM" if getattr(model.config, "is_encoder_decoder", False) else "CAUSAL_LM")
     if method == "full":
         model.requires_grad_(True)
         return model
@@ -83,12 +87,13 @@ def apply_method(model, method: Method, lora: LoraSettings, prompt_tuning: Promp
             p.requires_grad_(any(fnmatch.fnmatch(name, pat) for pat in selective.trainable))
         return model
     if method == "lora":
-        targets = lora.target_modules or ATTENTION.get(arch)
-        _check_targets(model, targets, "lora.target_modules")
+        targets = lora.target_modules or ATTENTION.get(arch)  # None: peft's default for the architecture (bert: query, value)
+        if targets:
+            _check_targets(model, targets, "lora.target_modules")
         config = peft.LoraConfig(
             r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
             fan_in_fan_out=arch == "gpt2",  # GPT-2's Conv1D stores weights as [in, out]
-            task_type=task_type,
+            task_type=task_type, modules_to_save=modules_to_save,
         )
         return peft.get_peft_model(model, config)
     if method == "ia3":

@@ -1,6 +1,6 @@
 """A locked-down interpreter for short model-written programs (program-aided answers, the ReAct calculator).
 
-Two walls, both required:
+Two walls, each meant to hold on its own:
 
 1. `check_program` parses the program and refuses, before anything runs, every node or name
    outside an allow-list: imports other than `ALLOWED_MODULES`, names starting with "_"
@@ -8,13 +8,19 @@ Two walls, both required:
    built-in value types or public names of the allowed modules (so no `__class__`, no frame
    or code attributes, no `str.format` field lookups), the builtins that reach the runtime
    (`eval`, `exec`, `open`, `compile`, `getattr`, `globals`, `type`, ...), class definitions,
-   generators, `async`, `with`, `global`, `match`.
-2. `run_program` runs it in a fresh `python -I -S` subprocess (never in the caller's process),
-   which first sets resource limits on itself (address space, CPU seconds, file size, no
-   forking, few file descriptors), then executes with a builtins table holding only the safe
-   functions. The caller adds a wall-clock timeout and kills the process group. Its stdout is
-   a file capped by RLIMIT_FSIZE, and `print` inside is capped too, so a huge output ends the
-   program instead of filling memory.
+   generators, `async`, `with`, `global`, `match`. A program nested too deeply to parse is
+   refused too.
+2. `run_program` runs it in a fresh `python -I -S` subprocess (never in the caller's process)
+   that assumes the program can reach all of Python (`os`, `ctypes`) and relies on the kernel
+   instead (`sandbox_child.lock_down`): no descriptors but its stdout and stderr and none to be
+   opened, root dropped to `nobody`, hard resource limits (CPU, address space, file size, no
+   processes, no descriptors), and a seccomp allow-list of system calls under which opening a
+   path, a socket, a process or an exec fails with EPERM. If any of these cannot be set up the
+   program is not run ("sandbox unavailable"). As root it also enters new network and IPC
+   namespaces and chroots into an empty folder, where permitted (best-effort: seccomp already
+   forbids what they guard). The caller adds a wall-clock timeout and kills the process group.
+   Its stdout is a file capped by RLIMIT_FSIZE, and `print` inside is capped too, so a huge
+   output ends the program instead of filling memory. Linux on x86_64 or aarch64 only.
 
 The result of a program is the value of its variable `answer`, else the return value of its
 function `solution()`, else what it printed.
@@ -78,7 +84,8 @@ class RunResult:
 
     ok: it ran to the end; result: `answer` / `solution()` / printed text as a string ("" when
     none); stdout: printed text (at most the output cap); error: why it failed ("" when ok);
-    refused: True when `check_program` rejected it (it never ran).
+    refused: True when `check_program` rejected it (it never ran); layers: the child's lock-down
+    layers that were set up ("descriptors", "namespaces", "chroot", "user", "rlimits", "seccomp").
     """
 
     ok: bool
@@ -86,6 +93,7 @@ class RunResult:
     stdout: str
     error: str
     refused: bool = False
+    layers: tuple[str, ...] = ()
 
 
 def _module_names() -> dict[str, frozenset[str]]:
@@ -111,6 +119,8 @@ def check_program(source: str, max_chars: int = 4000) -> ast.Module:
         tree = ast.parse(source, mode="exec")
     except SyntaxError as e:
         raise UnsafeProgram(f"syntax error: {e.msg} (line {e.lineno})") from None
+    except (RecursionError, MemoryError):  # e.g. "-" * 3990 + "1": the parser's own nesting limit
+        raise UnsafeProgram("the program is nested too deeply to check") from None
     attributes = SAFE_ATTRIBUTES.union(*MODULE_NAMES.values())
     for node in ast.walk(tree):
         line = getattr(node, "lineno", "?")
@@ -157,27 +167,33 @@ def check_program(source: str, max_chars: int = 4000) -> ast.Module:
 
 
 def run_program(source: str, *, timeout_s: float = 5.0, cpu_s: int = 2, memory_mb: int = 256,
-                output_chars: int = 10_000) -> RunResult:
-    """Check `source`, then run it in a resource-limited subprocess.
+                output_chars: int = 10_000, _skip_check_for_tests: bool = False) -> RunResult:
+    """Check `source`, then run it in a locked-down subprocess.
 
     timeout_s: wall-clock seconds before the process group is killed; cpu_s: CPU seconds
     (RLIMIT_CPU); memory_mb: address space (RLIMIT_AS) of the whole interpreter;
     output_chars: most printed characters kept before the program is stopped.
+    _skip_check_for_tests: for tests only, to try the second wall on its own; never set it elsewhere.
     """
-    try:
-        check_program(source)
-    except UnsafeProgram as e:
-        return RunResult(False, "", "", str(e), refused=True)
+    if not _skip_check_for_tests:
+        try:
+            check_program(source)
+        except UnsafeProgram as e:
+            return RunResult(False, "", "", str(e), refused=True)
     request = json.dumps({"source": source, "cpu_s": cpu_s, "memory_bytes": memory_mb * 2**20,
                           "output_chars": output_chars, "modules": {k: sorted(v) for k, v in MODULE_NAMES.items()},
                           "builtins": list(SAFE_BUILTINS)})
     child = Path(__file__).with_name("sandbox_child.py")
     with tempfile.TemporaryDirectory(prefix="sandbox-") as work:
         out_path = Path(work) / "out.json"
+        empty = Path(work) / "empty"  # the child's working folder, and its root where it may chroot
+        empty.mkdir(mode=0o555)
         with open(out_path, "wb") as out:
             # -I: no environment variables, no user site, script dir not on sys.path; -S: no site-packages.
+            # No preexec_fn (unsafe in a threaded Serve replica): the child locks itself down.
             proc = subprocess.Popen([sys.executable, "-I", "-S", "-B", str(child)], stdin=subprocess.PIPE, stdout=out,
-                                    stderr=subprocess.DEVNULL, cwd=work, env={}, start_new_session=True)
+                                    stderr=subprocess.DEVNULL, cwd=empty, env={}, close_fds=True,
+                                    start_new_session=True)
             try:
                 proc.communicate(request.encode(), timeout=timeout_s)
             except subprocess.TimeoutExpired:
@@ -190,8 +206,12 @@ def run_program(source: str, *, timeout_s: float = 5.0, cpu_s: int = 2, memory_m
     try:
         reply = json.loads(raw)
     except ValueError:
+        reply = None
+    # The program may have written this file itself, so nothing in it is trusted to have a shape.
+    if not isinstance(reply, dict) or not isinstance(reply.get("layers", []), list):
         return RunResult(False, "", "", "the sandbox gave no readable result")
-    return RunResult(bool(reply["ok"]), str(reply.get("result", "")), str(reply.get("stdout", "")), str(reply.get("error", "")))
+    return RunResult(bool(reply.get("ok")), str(reply.get("result", "")), str(reply.get("stdout", "")),
+                     str(reply.get("error", "")), layers=tuple(str(x) for x in reply.get("layers", [])))
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -201,6 +221,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    proc.kill()  # the group is the child's own (it cannot leave it), this is for certainty
     proc.wait()
 
 

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import shutil
-from pathlib import Path
 
 import numpy as np
-import ray.train
-from ray.train.torch import TorchTrainer
 from transformers import AutoTokenizer
 
-from components import tracking
+from components import tracking, training
 from components.artifact import Artifact, StepContext
 from components.data.corpus import read_jsonl
 from components.data.tokenizer import tokenize_and_pack
 from components.pretrain.config import PretrainConfig
 from components.pretrain.loop import ACCURACY, train_loop
-from components.report import ReportToLineage, plot_curves
+from components.report import plot_curves
 
 
 def run(cfg: PretrainConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
@@ -31,33 +29,14 @@ def run(cfg: PretrainConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
         raise ValueError(f"{dataset.uri}: too little text for {ctx.workers} workers at {block}-token blocks")
     _log_inputs(ctx, dataset_step, dataset, train_blocks, val_blocks)
 
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={
-            "cfg": cfg.model_dump(),
-            "train_blocks": train_blocks,
-            "val_blocks": val_blocks,
-            "tokenizer_dir": tokenizer_artifact.uri,
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=ctx.workers,
-            use_gpu=ctx.gpus_per_worker > 0,
-            resources_per_worker={"CPU": ctx.cpus_per_worker, **({"GPU": ctx.gpus_per_worker} if ctx.gpus_per_worker else {})},
-        ),
-        run_config=ray.train.RunConfig(
-            # The name depends only on the cache key: a re-run after a killed driver finds
-            # the same storage and Ray Train resumes from its latest checkpoint.
-            name=f"{ctx.step}-{ctx.cache_key[:16]}",
-            storage_path=str(ctx.storage_path),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[ReportToLineage(ctx.tracking_uri, ctx.run_id, ctx.progress)],
-        ),
-    )
-    result = trainer.fit()
-    with result.checkpoint.as_directory() as directory:
-        shutil.copytree(Path(directory) / "model", ctx.output_dir, dirs_exist_ok=True)
-    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    # The run's name depends only on the cache key: a re-run after a killed driver finds the same
+    # storage and Ray Train resumes from its latest checkpoint.
+    loop_config = {"cfg": cfg.model_dump(), "train_blocks": train_blocks, "val_blocks": val_blocks, "tokenizer_dir": tokenizer_artifact.uri}
+    export = training.fit(train_loop, loop_config, ctx, cfg.max_failures, ("step", "loss", "tokens_per_s"))
+    shutil.copytree(export / "model", ctx.output_dir, dirs_exist_ok=True)
+    final = json.loads((export / "progress.json").read_text())["final_metrics"]  # what the loop reported last
+    shutil.rmtree(export)
+    metrics = {k: float(v) for k, v in final.items() if isinstance(v, (int, float))}
     plot_curves(ctx)
     if cfg.model.family == "causal":
         headline = f"ppl {metrics['ppl_initial']:.0f} -> {metrics['ppl_final']:.1f}"

@@ -8,7 +8,7 @@
 
 Why by hand and not TRL's PPOTrainer: TRL's trainer owns one process (Accelerate) that holds
 all four models and its own loop; here each model lives in its own actor, so the roles can be
-placed, sized and restarted independently, and the loop (components/rlhf/ppo.py) stays
+placed, sized and restarted independently, and the loop (components/rlhf/ppo_loop.py) stays
 readable. The losses are the pure functions of components/core/ppo.py; LoRA is peft's.
 
 Rollouts travel as token lists: `prompts` [B][P_i] and `responses` [B][R_i] (eos included

@@ -22,10 +22,10 @@ from components.core.sft import encode_pair, pad_batch
 from components.data.instructions import Example
 from components.data.preferences import PreferencePair, read_pairs_jsonl
 from components.report import plot_curves
+from components.rlhf import ppo_loop
 from components.scoring import exact_match_by_family
-from components.rlhf import ppo
 from components.rlhf.config import DPOConfig, PPOConfig, RewardConfig
-from components.rlhf.loop import build_reward_model, pairwise_loop
+from components.rlhf.pairwise_loop import build_reward_model, pairwise_loop
 from components.rlhf.roles import Policy, Reference, Reward, Value
 
 
@@ -241,7 +241,7 @@ def run_ppo(cfg: PPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Ar
             try:
                 fingerprint = ray.get(roles["reference"].fingerprint.remote())
                 before = _judge(roles, "reference", test_prompts, examples, tokenizer, cfg.eval_max_new_tokens)
-                state = ppo.train(cfg, roles, prompts, tokenizer.pad_token_id, checkpoints, report, demos)
+                state = ppo_loop.train(cfg, roles, prompts, tokenizer.pad_token_id, checkpoints, report, demos)
                 break
             except ray.exceptions.RayActorError:
                 for actor in roles.values():

@@ -14,7 +14,7 @@ from components.core.models import ModelConfig, build_causal_lm
 from components.data.config import TokenizerConfig
 from components.data.instructions import generate_tasks
 from components.data.tokenizer import train_bpe
-from components.rlhf import ppo
+from components.rlhf import ppo_loop
 from components.rlhf.config import PPOConfig
 from components.rlhf.step import _start_roles
 
@@ -57,12 +57,12 @@ def test_roles_train_keep_the_reference_frozen_and_resume_after_a_killed_actor(r
                 ray.kill(roles["value"])
 
         with pytest.raises(ray.exceptions.RayActorError):
-            ppo.train(cfg, roles, prompts, pad_id, str(tmp_path), report_then_kill)
+            ppo_loop.train(cfg, roles, prompts, pad_id, str(tmp_path), report_then_kill)
         assert [m["iteration"] for m in seen] == [1, 2, 3]
         assert LOGGED <= set(seen[0])
         # LoRA starts as a zero update: the first rollout's policy is the reference, so no KL is paid
         assert seen[0]["kl"] == pytest.approx(0.0, abs=1e-5)
-        assert Path(ppo.latest_checkpoint(str(tmp_path))).name == "iter-00002"
+        assert Path(ppo_loop.latest_checkpoint(str(tmp_path))).name == "iter-00002"
 
         # The reference never moved; the policy did.
         assert ray.get(roles["reference"].fingerprint.remote()) == fingerprint
@@ -76,14 +76,14 @@ def test_roles_train_keep_the_reference_frozen_and_resume_after_a_killed_actor(r
             ray.kill(actor)
         roles = _start_roles(cfg, policy_dir, reward_dir, pg)
         resumed = []
-        state = ppo.train(cfg, roles, prompts, pad_id, str(tmp_path), lambda metrics, iteration: resumed.append(metrics))
+        state = ppo_loop.train(cfg, roles, prompts, pad_id, str(tmp_path), lambda metrics, iteration: resumed.append(metrics))
         assert [m["iteration"] for m in resumed] == [3, 4] and state["iteration"] == 4
         assert [h["iteration"] for h in state["history"]] == [1, 2, 3, 4]
         for key in ("reward", "kl", "response_length", "kl_coef"):
             assert resumed[0][key] == pytest.approx(seen[2][key], rel=1e-4, abs=1e-5), key
-        assert Path(ppo.latest_checkpoint(str(tmp_path))).name == "iter-00004"
+        assert Path(ppo_loop.latest_checkpoint(str(tmp_path))).name == "iter-00004"
         # Run again at the end: nothing left to do, the saved state comes back.
-        assert ppo.train(cfg, roles, prompts, pad_id, str(tmp_path), lambda *a: pytest.fail("no iteration expected"))["iteration"] == 4
+        assert ppo_loop.train(cfg, roles, prompts, pad_id, str(tmp_path), lambda *a: pytest.fail("no iteration expected"))["iteration"] == 4
     finally:
         for actor in roles.values():
             ray.kill(actor)

@@ -84,7 +84,8 @@ def test_sandbox_stops_resource_exhaustion(source, error):
 
 
 def test_sandbox_child_has_no_way_out_even_without_the_ast_check(tmp_path):
-    """The second wall on its own: the child's builtins have no __import__ for other modules and no open."""
+    """The child's builtins table has no __import__ for other modules and no open (a convenience, not a wall:
+    tests/unit/test_sandbox.py shows programs that get past it and what stops them)."""
     import json
     import subprocess
     import sys

@@ -10,7 +10,8 @@ import pytest
 from components.core import memory
 from components.core.memory import GB
 from tests.conftest import ROOT
-from workflows.plan import add_plan_parser, parse_param_count, run_plan
+from workflows.plan import add_plan_parser, run_plan
+from workflows.plan_model import parse_param_count
 
 # --- the source document's figures -----------------------------------------------------------
 
@@ -375,10 +376,10 @@ def test_plan_spec_refuses_a_cluster_with_too_few_gpus(capsys):
 
 
 def test_plan_spec_reads_the_cluster_from_address(monkeypatch, capsys):
-    import workflows.plan as plan_module
+    import workflows.plan_spec as plan_spec
 
     asked = []
-    monkeypatch.setattr(plan_module, "cluster_resources", lambda address: asked.append(address) or {"gpus": 8.0, "cpus": 32.0})
+    monkeypatch.setattr(plan_spec, "cluster_resources", lambda address: asked.append(address) or {"gpus": 8.0, "cpus": 32.0})
     assert _run(["--spec", GPT2, "--address", "http://head:8265", "--json"]) == 1
     plan = json.loads(capsys.readouterr().out)
     assert asked == ["http://head:8265"] and plan["cluster"]["gpus"] == 8.0

@@ -12,13 +12,7 @@ Every worker gets the same tokenized pairs and reads its own stride of a seeded 
 from __future__ import annotations
 
 import contextlib
-import json
-import tempfile
-import time
-from pathlib import Path
 
-import ray.train
-import ray.train.torch
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -26,9 +20,9 @@ from components.core.parallel import wrap
 from components.core.peft_methods import PromptTuningSettings, SelectiveSettings, apply_method, trainable_parameters
 from components.core.preference import bradley_terry_loss, dpo_loss, per_token_nll, sequence_logprobs
 from components.core.sft import pad_batch
-from components.finetune.loop import batch_rows, mean_over_workers, save_and_report
 from components.rlhf.config import DPOConfig, RewardConfig
 from components.storage import localize
+from components.train_loop import Run, batch_rows, export_model, mean_over_workers, worker
 
 Encoded = tuple[list[int], list[int]]  # (input_ids, labels with -100 on the prompt)
 EncodedPair = tuple[Encoded, Encoded]  # (chosen, rejected)
@@ -57,8 +51,7 @@ def pairwise_loop(config: dict) -> None:
     cfg = (RewardConfig if objective == "reward" else DPOConfig).model_validate(config["cfg"])
     train: list[EncodedPair] = config["train_pairs"]
     test: list[EncodedPair] = config["test_pairs"]
-    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
-    device = ray.train.torch.get_device()
+    rank, world, device = worker()
 
     # 1. The model: a reward head on the fine-tuned model, or the DPO policy (+ its frozen reference).
     base_dir = str(localize(config["base_dir"]))  # a copy on this node when the run's storage is an object store
@@ -95,57 +88,26 @@ def pairwise_loop(config: dict) -> None:
         return loss, chosen_reward, rejected_reward
 
     # 2. Resume from the last checkpoint, if Ray Train restarted us.
-    progress, resumed_from = {"step": 0}, None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            par.load(Path(directory) / "state")
-            progress = json.loads((Path(directory) / "progress.json").read_text())
-        resumed_from = progress["step"]
-        if progress["step"] == cfg.max_steps:
-            ray.train.report(progress["final_metrics"], checkpoint=checkpoint if rank == 0 else None)
-            return
+    run = Run(cfg, par, rank, "pairs_per_s", cfg.micro_batch_size * world)
+    if run.resume():
+        return
 
     # 3. Train: push the chosen answer's score above the rejected one's.
-    window, window_start = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0, "steps": 0}, time.perf_counter()
-    for step in range(progress["step"], cfg.max_steps):
+    for step in run.steps():
         pairs = [train[i] for i in batch_rows(len(train), step, cfg.micro_batch_size, rank, world, cfg.seed)]
         loss, chosen, rejected = margins(pairs)
         par.backward(loss)
-        grad_norm = par.step()
-        window["loss"] += loss.item()
-        window["accuracy"] += (chosen > rejected).float().mean().item()
-        window["margin"] += (chosen - rejected).mean().item()
-        window["steps"] += 1
-        done = progress["step"] = step + 1
-        last = done == cfg.max_steps
-        if done % cfg.log_every and done % cfg.eval_every and done % cfg.checkpoint_every and not last:
+        run.record(par.step(), loss=loss.item(), accuracy=(chosen > rejected).float().mean().item(),
+                   margin=(chosen - rejected).mean().item())
+        if not run.report_due():
             continue
 
-        # 4. Report: loss and pair accuracy; held-out accuracy; a checkpoint; at the end, the export.
-        metrics = {
-            "step": done,
-            "loss": mean_over_workers(window["loss"] / window["steps"]),
-            "accuracy": mean_over_workers(window["accuracy"] / window["steps"]),
-            "margin": mean_over_workers(window["margin"] / window["steps"]),
-            "lr": par.lr(),
-            "grad_norm": grad_norm,
-            "pairs_per_s": cfg.micro_batch_size * world * window["steps"] / (time.perf_counter() - window_start),
-            "trainable_params": trainable,
-            "trainable_share": trainable / total,
-        }
-        if resumed_from is not None:
-            metrics["resumed_from_step"], resumed_from = resumed_from, None
-        if done % cfg.eval_every == 0 or last:
+        # 4. Report: loss and pair accuracy; held-out accuracy; a checkpoint; at the end, the export
+        #    (`model/`, and `adapter/` for a LoRA policy).
+        metrics = run.metrics(trainable_params=trainable, trainable_share=trainable / total)
+        if run.eval_due():
             metrics["test_accuracy"], metrics["test_loss"] = _held_out(margins, par.model, test, cfg.micro_batch_size, rank, world)
-        if last:
-            progress["final_metrics"] = metrics
-            save_and_report(metrics, par, progress, rank, cfg.strategy, export=_export(par, build, objective, rank))
-        elif done % cfg.checkpoint_every == 0:
-            save_and_report(metrics, par, progress, rank, cfg.strategy)
-        else:
-            ray.train.report(metrics)
-        window, window_start = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0, "steps": 0}, time.perf_counter()
+        run.report(metrics, export_model(par, rank, build, objective) if run.last else None)
 
 
 @torch.no_grad()
@@ -162,20 +124,3 @@ def _held_out(margins, module, pairs: list[EncodedPair], size: int, rank: int, w
         count += len(chunk)
     module.train()
     return mean_over_workers(correct / count), mean_over_workers(loss / count)
-
-
-def _export(par, build, objective: str, rank: int) -> Path | None:
-    """Gather the weights (collective); rank 0 loads them into a fresh `build()` model and writes `model/`
-    (and `adapter/` for a LoRA policy)."""
-    weights = par.full_state_dict()
-    if rank != 0:
-        return None
-    model, tokenizer = build()
-    model.load_state_dict(weights, strict=False)  # a tied lm_head may be absent; it follows the embedding
-    export = Path(tempfile.mkdtemp(prefix=f"{objective}-export-"))
-    if hasattr(model, "merge_and_unload"):  # a LoRA policy: keep the adapter, ship the merged model
-        model.save_pretrained(export / "adapter")
-        model = model.merge_and_unload()
-    model.save_pretrained(export / "model")
-    tokenizer.save_pretrained(export / "model")
-    return export
