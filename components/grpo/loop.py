@@ -70,6 +70,19 @@ def _shares(n: int, parts: int) -> list[range]:
     return [range(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
+def sync(actors: dict, replace_rollout: Callable[[int, object], object], weights_ref) -> int:
+    """Send the learner's weights to every rollout actor; a dead one is replaced (with them). Returns the replacements."""
+    pending = [actor.set_weights.remote(weights_ref) for actor in actors["rollouts"]]
+    replaced = 0
+    for k, ref in enumerate(pending):
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayActorError:
+            replace_rollout(k, weights_ref)
+            replaced += 1
+    return replaced
+
+
 def generate(cfg: GRPOConfig, actors: dict, replace_rollout: Callable[[int, dict], object], weights_ref, prompts: list[list[int]],
              seed: int) -> tuple[list[list[int]], int]:
     """(completions prompt-major, rollout actors replaced): each rollout actor samples its share of the prompts."""
@@ -131,7 +144,7 @@ def train(cfg: GRPOConfig, actors: dict, replace_rollout: Callable[[int, object]
 
         start = time.perf_counter()
         weights = ray.put(ray.get(learner.weights.remote()))
-        ray.get([r.set_weights.remote(weights) for r in actors["rollouts"]])
+        state["rollout_restarts"] += sync(actors, replace_rollout, weights)
         sync_s = time.perf_counter() - start
 
         start = time.perf_counter()

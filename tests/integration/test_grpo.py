@@ -19,8 +19,9 @@ LOGGED = {"reward", "reward_tests.integration.test_grpo.brevity", "reward_correc
 
 
 def brevity(prompts, completions, references, families):
-    """1 for an empty answer, down to 0 at 12 characters: a reward a random tiny model can learn within seconds."""
-    return [max(0.0, 1 - len(c) / 12) for c in completions]
+    """1 for an empty answer, less by 0.02 a character: a reward a random tiny model can learn within seconds
+    (its 12-token answers are long and differ in length, so every group carries signal)."""
+    return [1 - len(c) / 50 for c in completions]
 
 
 def fails_on_add(prompts, completions, **kwargs):
@@ -45,7 +46,7 @@ def tiny(tmp_path_factory):
 
 def test_actors_raise_the_reward_survive_a_killed_rollout_actor_and_resume(ray_address, tiny, tmp_path):
     model_dir, tok, data = tiny
-    cfg = GRPOConfig(iterations=8, prompts_per_iteration=6, group_size=4, max_new_tokens=12, minibatch=24, lr=1e-2, method="full",
+    cfg = GRPOConfig(iterations=8, prompts_per_iteration=6, group_size=4, max_new_tokens=12, minibatch=24, lr=2e-2, method="full",
                      beta=0.01, rollout_actors=2, cpus_per_actor=0.25, checkpoint_every=4,
                      rewards={"tests.integration.test_grpo:brevity": 1.0, "correct": 1.0})
     functions = {"tests.integration.test_grpo:brevity": brevity}
@@ -66,7 +67,7 @@ def test_actors_raise_the_reward_survive_a_killed_rollout_actor_and_resume(ray_a
         assert LOGGED <= set(seen[0])
         assert seen[0]["kl_response"] == pytest.approx(0.0, abs=1e-4)  # the first rollout is the reference's
         first, last = sum(m["reward"] for m in seen[:2]) / 2, sum(m["reward"] for m in seen[-2:]) / 2
-        assert last > first + 0.1, [round(m["reward"], 3) for m in seen]
+        assert last > first + 0.05, [round(m["reward"], 3) for m in seen]
         assert ray.get(actors["reference"].fingerprint.remote()) == fingerprint
         assert loop.latest_checkpoint(str(tmp_path)).endswith("iter-00008")
 
