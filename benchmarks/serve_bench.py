@@ -83,7 +83,7 @@ async def _fire(url: str, n: int, concurrency: int, max_tokens: int = 8) -> tupl
     queue = iter(range(n))
     async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=concurrency)) as client:
         async def worker():
-            for i in queue:
+            for _ in queue:
                 start = time.perf_counter()
                 r = await client.post(f"{url}/completions", json={"model": "bench", "prompt": PROMPT, "max_tokens": max_tokens,
                                                                   "temperature": 0})

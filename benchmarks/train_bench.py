@@ -50,10 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from report import table, write_result  # noqa: E402
 
 from components.deploy.ingress import free_port  # noqa: E402
-
-from report import table, write_result  # noqa: E402
 
 SEQ = 128  # the tiny model's context: ModelConfig().n_positions
 # Helpers of components/pretrain/loop.py timed inside the workers (any that no longer exist are skipped):

@@ -9,9 +9,10 @@ upstream Artifacts name and writes its own output into ``ctx.output_dir``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from components.storage import localize
 
@@ -57,7 +58,7 @@ class Artifact:
         return json.dumps(asdict(self), sort_keys=True)
 
     @staticmethod
-    def from_json(text: str) -> "Artifact":
+    def from_json(text: str) -> Artifact:
         return Artifact(**json.loads(text))
 
 

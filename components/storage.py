@@ -14,9 +14,9 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlparse
 
 # Written last by `upload`: an object store has no atomic rename, so a directory without it

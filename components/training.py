@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import ray.train
 from ray.train.torch import TorchTrainer

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up .venv if needed, then run the test suite: unit (no Ray), integration on a local Ray, e2e.
+# Set up .venv if needed, then lint (ruff) and run the test suite: unit (no Ray), integration on a local Ray, e2e.
 #   ./scripts/test.sh                      everything (CI runs exactly this)
 #   ./scripts/test.sh tests/unit -k lora   any pytest arguments instead
 set -euo pipefail
@@ -9,6 +9,9 @@ PYTEST=(.venv/bin/python -m pytest -q -ra --timeout=1800)
 if [ $# -gt 0 ]; then
   exec "${PYTEST[@]}" "$@"
 fi
+
+# Lint first: seconds, and a failure names the file and line (rules in pyproject.toml).
+.venv/bin/ruff check .
 
 # The unit tests start no Ray, so a second pytest runs them beside the Ray tests: those leave the
 # CPUs partly idle while processes start, connect and poll (on 2 cores this saves minutes).

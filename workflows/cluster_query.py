@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 from workflows.plan_model import PlanError
 
 
+def host_memory_bytes() -> int:
+    """This machine's physical memory in bytes (what CPU workers of a local run share)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def cluster_resources(address: str) -> dict:
-    """``{"gpus": n, "cpus": n}`` of the running Ray cluster at ``address``; never starts a Ray.
+    """``{"gpus": n, "cpus": n, "memory_bytes": n}`` of the running Ray cluster at ``address``; never starts a Ray.
 
     A dashboard URL (``http://HEAD:8265``, what ``lifecycle submit`` takes) is asked through
     Ray's State API: the ALIVE nodes' ``resources_total``, summed. Any other address
@@ -25,11 +32,11 @@ def cluster_resources(address: str) -> dict:
                                raise_on_missing_output=False)
         except Exception as e:  # connection refused, authentication, a URL that is not a Ray dashboard
             raise PlanError(f"--address {address}: cannot list the cluster's nodes: {_first_line(e)}") from None
-        totals = {"GPU": 0.0, "CPU": 0.0}
+        totals = {"GPU": 0.0, "CPU": 0.0, "memory": 0.0}
         for node in nodes:
             for key in totals:
                 totals[key] += float((node.resources_total or {}).get(key, 0))
-        return {"gpus": totals["GPU"], "cpus": totals["CPU"]}
+        return {"gpus": totals["GPU"], "cpus": totals["CPU"], "memory_bytes": int(totals["memory"])}
     import ray
 
     connect = not ray.is_initialized()
@@ -42,7 +49,8 @@ def cluster_resources(address: str) -> dict:
     finally:
         if connect and ray.is_initialized():
             ray.shutdown()
-    return {"gpus": float(resources.get("GPU", 0)), "cpus": float(resources.get("CPU", 0))}
+    return {"gpus": float(resources.get("GPU", 0)), "cpus": float(resources.get("CPU", 0)),
+            "memory_bytes": int(resources.get("memory", 0))}
 
 
 def _first_line(error: Exception) -> str:

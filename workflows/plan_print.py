@@ -81,7 +81,7 @@ def print_spec_plan(plan: dict) -> None:
             table.add_row(s["step"], s["phase"], "-", "role actors", "-", "-", "-", "-", "-", style="dim")
             continue
         total = s["per_gpu_bytes"] if plan["on_gpu"] else s["per_device_bytes"]["total"]
-        fits = {True: "yes", False: "NO", None: "CPU"}[s["fits"]]
+        fits = {True: "yes", False: "NO"}[s["fits"]]
         r = s["recommendation"]
         table.add_row(s["step"], s["phase"], _count(s["n_params"]), short_setup(s["strategy"], s["stage"], s["cpu_offload"]),
                       s["precision"], f"{s['micro_batch']} x {s['seq']}", _cell(total), fits,
@@ -97,7 +97,7 @@ def print_spec_plan(plan: dict) -> None:
         line(f"Fits: every training step fits {memory_gb:g} GB per GPU"
              + (f", on the cluster's {cluster['gpus']:g} GPUs." if cluster["gpus"] is not None else "."))
     elif not plan["problems"]:
-        line("Fits: CPU workers, nothing to check against GPU memory"
+        line(f"Fits: on CPU workers, every training step within the host's {plan['host_memory_gb']:.0f} GB of memory"
              + (f" (the cluster's {cluster['gpus']:g} GPUs go unused: scale.gpus_per_worker=1 would train on them)."
                 if cluster["gpus"] else "."))
 

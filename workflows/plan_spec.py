@@ -11,7 +11,7 @@ import math
 
 from components.core import memory
 from components.core.memory import GB, format_gb
-from workflows.cluster_query import cluster_resources
+from workflows.cluster_query import cluster_resources, host_memory_bytes
 from workflows.phases import PHASES
 from workflows.plan_model import PlanError, spec_model
 from workflows.plan_print import short_setup
@@ -56,6 +56,8 @@ def build_spec_plan(args: argparse.Namespace) -> dict:
     cluster = {"gpus": args.gpus, "cpus": None, "source": "--gpus" if args.gpus is not None else None}
     if args.address:
         cluster = {**cluster_resources(args.address), "source": f"--address {args.address}"}
+    # CPU workers hold everything in host memory: the cluster's (Ray's `memory` resource) or this machine's.
+    host_bytes = cluster.get("memory_bytes") or host_memory_bytes()
 
     models: dict[str, tuple] = {}  # pretrain step -> (ModelSize, context length, vocab), built once each
     steps = []
@@ -75,7 +77,7 @@ def build_spec_plan(args: argparse.Namespace) -> dict:
         if source not in models:
             models[source] = spec_model(resolved, source)
         size, context, vocab = models[source]
-        steps.append(plan_step(name, uses, setup, size, setup["seq"] or context, vocab, source, scale, memory_bytes))
+        steps.append(plan_step(name, uses, setup, size, setup["seq"] or context, vocab, source, scale, memory_bytes, host_bytes))
 
     problems = [s["problem"] for s in steps if s.get("problem")]
     needed = [s for s in steps if s.get("planned")]
@@ -96,6 +98,7 @@ def build_spec_plan(args: argparse.Namespace) -> dict:
         "scale": scale.model_dump(),
         "on_gpu": on_gpu,
         "gpu_memory_gb": args.device_memory,
+        "host_memory_gb": host_bytes / GB,
         "cluster": cluster,
         "steps": steps,
         "problems": problems,
@@ -179,8 +182,9 @@ def upstream_pretrain(resolved, name: str) -> str:
 
 
 def plan_step(name: str, uses: str, setup: dict, size: memory.ModelSize, seq: int, vocab: int, source: str,
-              scale, memory_bytes: int) -> dict:
-    """One step's estimate at the spec's scale: bytes per worker and per GPU, fit, recommendation."""
+              scale, memory_bytes: int, host_bytes: int) -> dict:
+    """One step's estimate at the spec's scale: bytes per worker and per GPU, fit, recommendation. On
+    CPU workers the fit is against `host_bytes`, the memory all workers (and concurrent trials) share."""
     on_gpu = scale.gpus_per_worker > 0
     est = memory.estimate(
         size.n_params, setup["precision"], setup["strategy"], setup["stage"], scale.workers, setup["batch"], seq,
@@ -192,7 +196,8 @@ def plan_step(name: str, uses: str, setup: dict, size: memory.ModelSize, seq: in
     # Workers with a fraction of a GPU share it (0.5: two per GPU); one worker uses one device.
     sharing = max(1, math.floor(1 / scale.gpus_per_worker)) if 0 < scale.gpus_per_worker < 1 else 1
     per_gpu = per_worker * sharing
-    fits = per_gpu <= memory_bytes if on_gpu else None
+    on_host = per_worker * scale.workers * setup["trials"]
+    fits = per_gpu <= memory_bytes if on_gpu else on_host <= host_bytes
     notes = list(setup["notes"])
     logits = setup["batch"] * seq * vocab * _FP32_BYTES if setup["vocab_logits"] else 0
     if logits >= 0.1 * per_worker:
@@ -201,7 +206,11 @@ def plan_step(name: str, uses: str, setup: dict, size: memory.ModelSize, seq: in
         notes.append(f"{sharing} workers share each GPU (scale.gpus_per_worker {scale.gpus_per_worker:g})")
     rec = est.recommendation
     problem = None
-    if fits is False:
+    if fits is False and not on_gpu:
+        problem = (f"step '{name}' ({uses}) needs {format_gb(on_host)} GB of host memory on CPU workers "
+                   f"({scale.workers} workers x {format_gb(per_worker)} GB" + (f" x {setup['trials']} trials" if setup["trials"] > 1 else "")
+                   + f") > {format_gb(host_bytes)} GB")
+    elif fits is False:
         # The recommender's reason already starts "Does not fit: ..." when nothing fits.
         advice = f"Recommended: {rec.reason}" if rec.per_device_bytes <= memory_bytes else rec.reason
         problem = (f"step '{name}' ({uses}, {short_setup(est.strategy, est.stage, est.cpu_offload)}) needs "

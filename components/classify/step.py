@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-
 from transformers import AutoConfig, AutoTokenizer
 
 from components import tracking, training

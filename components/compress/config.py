@@ -17,7 +17,8 @@ class Measure(BaseModel):
     speed_prompts: int = Field(8, ge=1, description="Held-out test prompts generated from for latency and throughput.")
     new_tokens: int = Field(32, ge=1, description="Tokens generated per prompt in a timed run (eos ignored).")
     repeats: int = Field(5, ge=1, description="Timed runs after one warm-up; the median is reported.")
-    test_examples: int = Field(300, ge=1, description="Held-out test prompts answered greedily for exact match (fewer than the split: taken from every family in turn).")
+    test_examples: int = Field(300, ge=1, description="Held-out test prompts answered greedily for exact match "
+                               "(fewer than the split: taken from every family in turn).")
     max_new_tokens: int = Field(24, ge=1, description="Greedy tokens per test prompt for exact match.")
 
 

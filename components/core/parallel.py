@@ -20,9 +20,10 @@ checkpoint format (ZeRO partitions), loaded with deepspeed's loader.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist

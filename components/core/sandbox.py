@@ -125,7 +125,7 @@ def check_program(source: str, max_chars: int = 4000) -> ast.Module:
     for node in ast.walk(tree):
         line = getattr(node, "lineno", "?")
 
-        def refuse(why: str):
+        def refuse(why: str, line=line):  # called at once; the default pins this node's line
             raise UnsafeProgram(f"line {line}: {why}")
 
         if isinstance(node, _FORBIDDEN_NODES):

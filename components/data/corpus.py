@@ -185,7 +185,7 @@ def load_documents(cfg: DataConfig) -> list[str]:
 
 def unit_hash(text: str, seed: int) -> float:
     """Seeded hash of `text` mapped to [0, 1); the same on every machine and Python version."""
-    digest = hashlib.blake2b(f"{seed}:{text}".encode("utf-8"), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{seed}:{text}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 

@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.data.corpus import DataError, jsonl_records, unit_hash, write_records_jsonl
-from components.data.instructions import Example, unformat, format_prompt
+from components.data.instructions import Example, format_prompt, unformat
 
 UNHELPFUL = ("I don't know.", "I cannot help with that.", "Sorry, I am not sure.", "Please ask something else.")
 Kind = Literal["corrupt", "wrong", "off_task", "unhelpful"]

@@ -10,10 +10,19 @@ from components.artifact import Artifact, StepContext
 from components.data.config import DataConfig, TokenizerConfig
 from components.data.corpus import documents_digest, load_documents, read_jsonl, split_by_hash, write_jsonl
 from components.data.instructions import (
-    InstructionDataConfig, load_examples, mix_by_weights, read_examples_jsonl, split_examples, write_examples_jsonl,
+    InstructionDataConfig,
+    load_examples,
+    mix_by_weights,
+    read_examples_jsonl,
+    split_examples,
+    write_examples_jsonl,
 )
 from components.data.preferences import (
-    PreferenceDataConfig, derive_pairs, load_preferences, split_pairs, write_pairs_jsonl,
+    PreferenceDataConfig,
+    derive_pairs,
+    load_preferences,
+    split_pairs,
+    write_pairs_jsonl,
 )
 from components.data.tokenizer import train_bpe
 

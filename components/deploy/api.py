@@ -3,73 +3,106 @@
 Requests are validated by these models: a wrong type or an out-of-range value is a 422 with
 an OpenAI-style error body. Fields clients send that this server does not use (`user`,
 `logprobs: null`, ...) are accepted and ignored, so every OpenAI client works unchanged.
+Every number is bounded to what the code takes (a seed beyond 64 bits would make
+`torch.manual_seed` raise inside a batch) and every string and list has a length cap; the
+server adds the checks that depend on the model (characters and tokens against its context).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+MAX_TEXT_CHARS = 1 << 20  # one prompt, message or input; the server's own limit from the context is lower
+MAX_PROMPTS = 16
+MAX_MESSAGES = 1024
+MAX_STOPS, MAX_STOP_CHARS = 4, 256
+SEEDS = (-(2**63), 2**63 - 1)  # what torch.manual_seed takes (a 64-bit integer)
+
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    model: str = Field(description="A served model id from GET /v1/models.")
+    model: str = Field(max_length=256, description="A served model id from GET /v1/models.")
     max_tokens: int | None = Field(None, ge=1, le=4096, description="New tokens at most (default: the server's).")
-    temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 is greedy decoding.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False, description="0 is greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass.")
     n: int = Field(1, ge=1, le=8, description="Completions per prompt.")
-    stop: str | list[str] | None = Field(None, description="Up to 4 strings that end a completion (not included).")
+    stop: str | list[str] | None = Field(None, description="Up to 4 strings of up to 256 characters that end a "
+                                         "completion (not included).")
     stream: bool = Field(False, description="Send server-sent events as tokens are generated.")
-    seed: int | None = Field(None, description="Sampling seed: the same seed and request give the same text.")
+    seed: int | None = Field(None, ge=SEEDS[0], le=SEEDS[1],
+                             description="Sampling seed (64-bit): the same seed and request give the same text.")
+    # Accepted for compatibility and ignored (no logprobs are returned), but bounded like OpenAI's.
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False)
 
-    @field_validator("stop")
+    @field_validator("stop", mode="before")
     @classmethod
     def _stops(cls, value):
-        stops = [value] if isinstance(value, str) else list(value or [])
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ValueError("stop: at most 4 non-empty strings")
+        stops = [value] if isinstance(value, str) else value if isinstance(value, list) else [] if value is None else None
+        if stops is None or not all(isinstance(s, str) for s in stops):
+            raise ValueError("stop: a string or a list of strings")
+        if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"stop: at most {MAX_STOPS} non-empty strings of at most {MAX_STOP_CHARS} characters")
         return stops
 
 
 class CompletionRequest(_Request):
-    prompt: str | list[str] = Field(description="One prompt or a list of prompts.")
+    prompt: str | list[str] = Field(description="One prompt or a list of up to 16 prompts.")
+    logprobs: int | None = Field(None, ge=0, le=5, description="Accepted and ignored.")
 
-    @field_validator("prompt")
+    @field_validator("prompt", mode="before")
     @classmethod
     def _prompts(cls, value):
+        # Before the items are validated: a list of 100,000 prompts is refused by its length alone.
         prompts = [value] if isinstance(value, str) else value
-        if not prompts or len(prompts) > 16:
-            raise ValueError("prompt: between 1 and 16 prompts")
+        if isinstance(prompts, list) and not 1 <= len(prompts) <= MAX_PROMPTS:
+            raise ValueError(f"prompt: between 1 and {MAX_PROMPTS} prompts")
+        # Here rather than by the union, whose errors would name its branches ("prompt.constrained-str").
+        if isinstance(prompts, list) and any(isinstance(p, str) and len(p) > MAX_TEXT_CHARS for p in prompts):
+            raise ValueError(f"prompt: a prompt is longer than {MAX_TEXT_CHARS} characters")
         return prompts
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: Text
 
 
 class ChatCompletionRequest(_Request):
-    messages: list[ChatMessage] = Field(min_length=1, description="The conversation; the last may not be the assistant's.")
+    messages: list[ChatMessage] = Field(description="The conversation (up to 1024 messages); the last may not be "
+                                        "the assistant's.")
     max_completion_tokens: int | None = Field(None, ge=1, le=4096, description="Newer name of max_tokens.")
+    logprobs: bool | None = Field(None, description="Accepted and ignored.")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="Accepted and ignored.")
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _messages(cls, value):
+        if isinstance(value, list) and not 1 <= len(value) <= MAX_MESSAGES:
+            raise ValueError(f"messages: between 1 and {MAX_MESSAGES} messages")
+        return value
 
 
 class TextPair(BaseModel):
     """Two texts classified together (natural language inference: premise and hypothesis)."""
 
     model_config = ConfigDict(extra="forbid")
-    text: str = Field(min_length=1, description="The first text (e.g. the premise).")
-    text_pair: str = Field(min_length=1, description="The second text (e.g. the hypothesis).")
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="The first text (e.g. the premise).")
+    text_pair: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="The second text (e.g. the hypothesis).")
 
 
 class ClassifyRequest(BaseModel):
     """POST /v1/classify: label texts with a served sequence classifier, or each word with a token classifier."""
 
     model_config = ConfigDict(extra="ignore")
-    model: str | None = Field(None, description="A served model id from GET /v1/models (default: the served model).")
+    model: str | None = Field(None, max_length=256, description="A served model id from GET /v1/models (default: the served model).")
     input: str | TextPair | list[str | TextPair] = Field(
         description="One text, a text pair, or a list of up to 64 of them (pairs: sequence classifiers only).")
     aggregation: Literal["word", "entity"] = Field(
@@ -87,6 +120,8 @@ class ClassifyRequest(BaseModel):
             if isinstance(item, str):
                 if not item.strip():
                     raise ValueError(f"input {i} is empty")
+                if len(item) > MAX_TEXT_CHARS:
+                    raise ValueError(f"input {i} is longer than {MAX_TEXT_CHARS} characters")
             elif not (isinstance(item, dict) and set(item) == {"text", "text_pair"}
                       and all(isinstance(v, str) and v.strip() for v in item.values())):
                 raise ValueError(f"input {i}: expected a text or {{\"text\": ..., \"text_pair\": ...}} with two non-empty texts")

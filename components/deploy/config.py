@@ -32,8 +32,19 @@ class DeployConfig(BaseModel):
     batch_wait_timeout_s: float = Field(
         0.02, ge=0, description="Under concurrent load (the last batch held more than one request), how long a batch "
         "waits to fill, in seconds; a request to an idle or single-client server starts at once.")
-    max_ongoing_requests: int = Field(16, ge=1, description="Requests a replica works on at once; more wait in Serve's queue.")
+    max_ongoing_requests: int = Field(16, ge=1, description="Generations a replica works on at once (a request counts its "
+                                      "prompts x n); more get 429 + Retry-After, and a request asking for more than "
+                                      "this alone a 400.")
     max_queued_requests: int = Field(32, ge=0, description="Requests waiting per deployment before Serve answers 503.")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body, in bytes: 413 above, before it "
+                                "is read or parsed.")
+    max_chars_per_token: int = Field(16, ge=1, description="A prompt (or classifier input) longer in characters than "
+                                     "this many times the model's context is refused (400) before it is tokenized.")
+    api_key_file: str | None = Field(None, description="A file holding the API key clients must send (Authorization: "
+                                     "Bearer KEY), on each node that runs a replica; without it a replica takes "
+                                     "LIFECYCLE_API_KEY from its node's environment. None and no such variable: no key.")
+    allow_unauthenticated: bool = Field(False, description="Serve without an API key on an address other than "
+                                        "loopback (127.0.0.1); refused unless set, so no endpoint is open by accident.")
     max_tokens: int = Field(64, ge=1, description="Default max_tokens of a request that sets none.")
     max_tokens_limit: int = Field(256, ge=1, description="Largest max_tokens a request may ask for (400 above).")
     max_adapters_per_replica: int = Field(4, ge=1, description="LoRA adapters a replica keeps loaded (serve.multiplexed LRU).")

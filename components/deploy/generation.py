@@ -112,9 +112,7 @@ def generate(model, tokenizer, prompts: list[str], params: Params) -> list[Compl
 
 def stream(model, tokenizer, prompt: str, params: Params) -> Iterator[tuple[str, str | None]]:
     """(new text, None) pieces as tokens are generated, then ("", finish_reason)."""
-    from transformers import TextIteratorStreamer
-
-    from transformers import StoppingCriteria, StoppingCriteriaList
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
     class Cancelled(StoppingCriteria):  # ends generate early: a stop string was seen or the client left
         def __call__(self, input_ids, scores, **kwargs):

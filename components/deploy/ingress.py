@@ -17,7 +17,7 @@ import socket
 import tempfile
 import time
 import urllib.request
-from typing import Callable
+from collections.abc import Callable
 
 
 def free_port() -> int:

@@ -16,7 +16,8 @@ class EvaluateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     eval_tokens: int = Field(20000, ge=100, description="Validation-corpus tokens scored for perplexity (needs a dataset input).")
     segment_tokens: int = Field(2048, ge=64, description="Tokens per perplexity work item; each is scored with a sliding window.")
-    test_examples: int = Field(300, ge=1, description="Instruction test examples answered greedily (needs an instructions input; fewer than the split: taken from every family in turn).")
+    test_examples: int = Field(300, ge=1, description="Instruction test examples answered greedily (needs an instructions input; "
+                               "fewer than the split: taken from every family in turn).")
     max_new_tokens: int = Field(16, ge=1, description="Generation budget per instruction answer, in tokens.")
     benchmarks: list[str] = Field(
         default_factory=lambda: ["sst2", "mnli", "boolq", "mmlu"],

@@ -25,8 +25,8 @@ import torch
 
 from components.core.metrics import option_logprobs
 from components.core.models import context_length, load_trained
-from components.core.quantize import RECIPE
 from components.core.perplexity import token_nll
+from components.core.quantize import RECIPE
 from components.core.sft import greedy_answers
 from components.storage import localize
 

@@ -57,7 +57,8 @@ class FinetuneConfig(DeepSpeedTrainArgs):
     )
     checkpoint_every: int = DeepSpeedTrainArgs.default("checkpoint_every", 200)
     max_new_tokens: int = Field(24, ge=1, description="Greedy tokens generated per test prompt for exact match.")
-    test_examples: int = Field(400, ge=1, description="Held-out test prompts scored for exact match, before and after (fewer than the split: taken from every family in turn).")
+    test_examples: int = Field(400, ge=1, description="Held-out test prompts scored for exact match, before and after "
+                               "(fewer than the split: taken from every family in turn).")
     eval_tokens: int = Field(20000, ge=100, description="Pretraining validation tokens scored for perplexity before and after (forgetting).")
     sweep: SweepConfig | None = Field(None, description="Run a Ray Tune sweep over LoRA rank instead of one training run.")
 

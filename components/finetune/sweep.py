@@ -156,7 +156,8 @@ def _log_results(ctx: StepContext, rows: list[dict], best: dict, summary: dict, 
               f"trial-steps: {summary['trial_steps']} (without early stopping: {summary['trial_steps_without_early_stopping']})\n")
     (ctx.output_dir / "report.md").write_text(report)
     tracking.log_text(ctx.tracking_uri, ctx.run_id, report, "sweep/results.md")
-    tracking.log_dict(ctx.tracking_uri, ctx.run_id, {"summary": summary, "trials": [{k: v for k, v in r.items() if k != "checkpoint"} for r in rows]}, "sweep/results.json")
+    trials = [{k: v for k, v in r.items() if k != "checkpoint"} for r in rows]
+    tracking.log_dict(ctx.tracking_uri, ctx.run_id, {"summary": summary, "trials": trials}, "sweep/results.json")
 
     fig = Figure(figsize=(6, 3.5))
     ax = fig.subplots()

@@ -23,11 +23,10 @@ from components.data.instructions import Example
 from components.data.preferences import PreferencePair, read_pairs_jsonl
 from components.report import plot_curves
 from components.rlhf import ppo_loop
-from components.scoring import exact_match_by_family
 from components.rlhf.config import DPOConfig, PPOConfig, RewardConfig
 from components.rlhf.pairwise_loop import build_reward_model, pairwise_loop
 from components.rlhf.roles import Policy, Reference, Reward, Value
-
+from components.scoring import exact_match_by_family
 
 # --- shared -------------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,11 +33,12 @@ def endpoint(ray_address, serve_port, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("served")
     tok = train_bpe([e.prompt + e.response for e in generate_tasks(40, seed=1)] * 3, TokenizerConfig(vocab_size=400))
-    base = build_causal_lm(ModelConfig(n_layer=2, n_embd=32, n_head=2, n_positions=128), len(tok),
+    # 256 positions: room for a stream long enough to watch other requests pass it.
+    base = build_causal_lm(ModelConfig(n_layer=2, n_embd=32, n_head=2, n_positions=256), len(tok),
                            tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, seed=0).eval()
     base.save_pretrained(root / "base")
     tok.save_pretrained(root / "base")
-    tuned = peft.get_peft_model(build_causal_lm(ModelConfig(n_layer=2, n_embd=32, n_head=2, n_positions=128), len(tok),
+    tuned = peft.get_peft_model(build_causal_lm(ModelConfig(n_layer=2, n_embd=32, n_head=2, n_positions=256), len(tok),
                                                 tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, seed=0),
                                 peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"]))
     with torch.no_grad():  # a non-zero update, so the adapter changes the answers
@@ -43,7 +46,8 @@ def endpoint(ray_address, serve_port, tmp_path_factory):
             if "lora_B" in name:
                 p.normal_(0, 0.5)
     tuned.save_pretrained(root / "adapter")
-    os.environ["LIFECYCLE_API_KEY"] = KEY  # replicas get it through their runtime_env
+    # The replica gets it in a private file (this Ray started before the variable was set), not its runtime_env.
+    os.environ["LIFECYCLE_API_KEY"] = KEY
     try:
         cfg = DeployConfig(port=serve_port, app_name=APP, max_tokens=8, max_ongoing_requests=4, max_queued_requests=4)
         url = start(cfg, {"id": "tiny", "path": str(root / "base"), "metadata": {"registered_model": "tiny", "version": "3"}},
@@ -103,7 +107,7 @@ def test_bad_requests_get_4xx_with_openai_errors(endpoint):
     with pytest.raises(openai.NotFoundError):
         client(url).completions.create(model="../../etc/passwd", prompt="hi", max_tokens=4)
     with pytest.raises(openai.BadRequestError, match="context"):
-        client(url).completions.create(model="tiny", prompt="word " * 400, max_tokens=4)
+        client(url).completions.create(model="tiny", prompt="word " * 600, max_tokens=4)
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
         client(url).completions.create(model="tiny", prompt="hi", max_tokens=4000)
     bad = httpx.post(f"{url}/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": "many"},
@@ -127,22 +131,133 @@ def test_serve_and_endpoint_metrics_are_exported_for_prometheus(endpoint):
     wait_for(exported, 60, f"{names} on Ray's metrics endpoint")
 
 
-def test_overload_is_refused_with_429_or_503_and_the_server_survives(endpoint):
+HEADERS = {"Authorization": f"Bearer {KEY}"}
+
+
+def post(url, body=None, content=None, headers=HEADERS, timeout=120):
+    return httpx.post(f"{url}/completions", json=body, content=content, headers=headers, timeout=timeout)
+
+
+def test_a_bad_request_fails_alone_and_never_takes_its_batch_with_it(endpoint):
     url, *_ = endpoint
-    headers = {"Authorization": f"Bearer {KEY}"}
+    # A seed beyond 64 bits made torch.manual_seed raise inside the batch: every request in it got a 500.
+    bodies = [{"model": "tiny", "prompt": f"Count the words: {i}", "max_tokens": 8, "seed": 2**70 if i % 2 else i}
+              for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(post, [url] * 4, bodies))
+    assert [a.status_code for a in answers] == [200, 422, 200, 422], [a.text for a in answers]
+    assert answers[1].json()["error"]["param"] == "seed"
+
+
+def test_no_key_is_a_401_before_the_body_is_read_and_sizes_are_capped(endpoint):
+    url, *_ = endpoint
+    # Without the key: 401, not a 422 describing the schema (the body is never parsed).
+    no_key = post(url, content=b'{"model": "tiny", "prompt": ' + b"[" * 1000, headers={})
+    assert no_key.status_code == 401 and no_key.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(url.removesuffix("/v1") + "/ready").status_code == 200  # the probes need none
+    json_headers = {**HEADERS, "Content-Type": "application/json"}
+    sixteen = post(url, content=json.dumps({"model": "tiny", "prompt": ["x" * 100_000] * 16}).encode(), headers=json_headers)
+    assert sixteen.status_code == 413 and sixteen.json()["error"]["code"] == "request_too_large"  # over 1 MiB
+    long = post(url, {"model": "tiny", "prompt": "x" * 100_000, "max_tokens": 4})  # refused before it is tokenized
+    assert long.status_code == 400 and "characters" in long.json()["error"]["message"], long.text
+    assert post(url, {"model": "tiny", "prompt": "hi", "stop": ["x" * 1000] * 4}).status_code == 422
+    chat = httpx.post(f"{url}/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": "x"}] * 5000},
+                      headers=HEADERS)
+    assert chat.status_code == 422 and "1024 messages" in chat.json()["error"]["message"]
+    # Generations are counted, not requests: 16 prompts x n=8 is 128, more than the replica ever takes (4).
+    fan_out = post(url, {"model": "tiny", "prompt": ["hi"] * 16, "n": 8, "max_tokens": 4})
+    assert fan_out.status_code == 400 and "generations" in fan_out.json()["error"]["message"]
+    assert post(url, {"model": "tiny", "prompt": ["hi"] * 2, "n": 2, "max_tokens": 4}).status_code == 200
+
+
+def stream_events(url, body, started=None):
+    """(status, events, times of the first and last event) of a streamed completion; sets `started` at its first event."""
+    events, times = [], []
+    with httpx.stream("POST", f"{url}/completions", json={**body, "stream": True}, headers=HEADERS, timeout=120) as r:
+        if r.status_code != 200:
+            r.read()
+            return r.status_code, events, None
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[6:])
+                times.append(time.monotonic())
+                if started is not None:
+                    started.set()
+    return r.status_code, events, (times[0], times[-1])
+
+
+def test_streams_hold_their_slot_to_the_end_and_block_no_one(endpoint):
+    import threading
+
+    url, *_ = endpoint
+    long = {"model": "tiny", "prompt": "Count the words: a b c", "max_tokens": 240}  # the tiny model says no eos before
+    # One stream does not hold up the others: a short request is answered while it runs.
+    started = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(stream_events, url, {**long, "temperature": 0}, started)
+        assert started.wait(60)
+        short = post(url, {"model": "tiny", "prompt": "hi", "max_tokens": 2, "temperature": 0})
+        answered_while_streaming = not running.done()
+        status, events, _ = running.result()
+    assert short.status_code == 200 and status == 200 and events[-1] == "[DONE]"
+    assert answered_while_streaming, "the short request waited for the whole stream"
+    # A burst of streams: at most max_ongoing_requests (4) at once, each to its end; the rest 429 or 503.
+    barrier = threading.Barrier(8)
+
+    def burst(i):
+        barrier.wait()
+        return stream_events(url, {**long, "prompt": f"Count the words: {i}"})
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(burst, range(8)))
+    codes = [code for code, _, _ in results]
+    assert set(codes) <= {200, 429, 503} and codes.count(429) + codes.count(503) > 0, codes
+    assert all(events[-1] == "[DONE]" for code, events, _ in results if code == 200)
+    spans = [span for code, _, span in results if code == 200]
+    overlap = max(sum(first <= t <= last for first, last in spans) for t, _ in spans)
+    assert overlap <= 4, f"{overlap} streams ran at once, past max_ongoing_requests (4)"
+    time.sleep(0.5)
+    assert post(url, {"model": "tiny", "prompt": ["hi"] * 4, "max_tokens": 2}).status_code == 200  # every slot came back
+
+
+def test_overload_with_hostile_bodies_gets_only_answers_refusals_and_4xx(endpoint):
+    """400 requests from 48 threads: valid ones, and bodies oversized, malformed, unauthenticated or out of range."""
+    url, *_ = endpoint
+    json_headers = {**HEADERS, "Content-Type": "application/json"}
+    hostile = [
+        {"content": b"x" * (1 << 20) + b"x", "headers": json_headers},  # past the body limit
+        {"content": b'{"model": "tiny", "prompt": [', "headers": json_headers},  # not JSON
+        {"body": {"model": "tiny", "prompt": "hi", "seed": 2**70}},
+        {"body": {"model": "tiny", "prompt": "hi", "temperature": 9}},
+        {"body": {"model": "tiny", "prompt": ["hi"] * 16, "n": 8}},
+        {"body": {"model": "tiny", "prompt": "x" * 50_000}},
+        {"body": {"model": "tiny", "prompt": "hi"}, "headers": {}},  # no key
+        {"body": {"model": "other", "prompt": "hi"}},
+    ]
 
     def ask(i):
-        r = httpx.post(f"{url}/completions", json={"model": "tiny", "prompt": f"Count the words: {i}", "max_tokens": 32},
-                       headers=headers, timeout=120)
-        return r.status_code, r.headers.get("retry-after")
+        if i % 5 < 2:  # two in five are hostile
+            kind = hostile[i % len(hostile)]
+            r = post(url, kind.get("body"), kind.get("content"), kind.get("headers", HEADERS))
+            return "hostile", r.status_code, None
+        r = post(url, {"model": "tiny", "prompt": f"Count the words: {i}", "max_tokens": 8})
+        answered = r.status_code != 200 or (len(r.json()["choices"]) == 1 and r.json()["usage"]["completion_tokens"] > 0)
+        return "valid", r.status_code, (r.headers.get("retry-after"), answered)
 
+    started = time.monotonic()
     with ThreadPoolExecutor(48) as pool:
-        results = list(pool.map(ask, range(96)))
-    codes = [code for code, _ in results]
-    assert set(codes) <= {200, 429, 503}, codes
-    assert codes.count(200) > 0 and codes.count(429) + codes.count(503) > 0, codes
-    assert all(retry == "1" for code, retry in results if code == 429)
-    assert httpx.post(f"{url}/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 4}, headers=headers).status_code == 200
+        results = list(pool.map(ask, range(400)))
+    assert time.monotonic() - started < 120
+    valid = [code for kind, code, _ in results if kind == "valid"]
+    refused = [code for kind, code, _ in results if kind == "hostile"]
+    assert set(valid) <= {200, 429, 503}, valid
+    assert valid.count(200) > 0 and valid.count(429) + valid.count(503) > 0, valid
+    assert all(code in (400, 401, 404, 413, 422, 429, 503) for code in refused), refused
+    checks = [(code, *extra) for kind, code, extra in results if kind == "valid"]
+    assert all(answered for code, retry, answered in checks)  # every admitted valid request answered in full
+    assert all(retry == "1" for code, retry, answered in checks if code == 429)
+    healthy = post(url, {"model": "tiny", "prompt": ["hi"] * 4, "max_tokens": 4})  # every slot came back
+    assert healthy.status_code == 200 and httpx.get(url.removesuffix("/v1") + "/health").status_code == 200
 
 
 def test_haproxy_answers_on_the_serve_port_as_under_lifecycle_run(endpoint, serve_port):

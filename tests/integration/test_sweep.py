@@ -12,8 +12,7 @@ import yaml
 
 from components import tracking
 from components.deploy.step import adapters_of
-from tests.conftest import (ROOT, delete_serve_app, execute_notebook, lifecycle, lifecycle_popen, notebook_images, notebook_text,
-                            wait_for, wait_for_idle_cluster)
+from tests.conftest import ROOT, delete_serve_app, execute_notebook, lifecycle, lifecycle_popen, notebook_images, notebook_text, wait_for, wait_for_idle_cluster
 
 RANKS = [2, 8]
 MAX_STEPS = 40

@@ -13,9 +13,8 @@ from components.apps.config import BUNDLED, RagConfig
 from components.core import react
 from components.core.embedding import wordllama_embed
 from components.core.pal import add_program, extract_program, normalize_answer
-from components.core.retrieval import (UnsafePath, build_index, chunk_text, collect_documents, inside, recall_at_k,
-                                       search)
-from components.core.sandbox import check_program, run_program, UnsafeProgram
+from components.core.retrieval import UnsafePath, build_index, chunk_text, collect_documents, inside, recall_at_k, search
+from components.core.sandbox import UnsafeProgram, check_program, run_program
 
 FAST = dict(timeout_s=2.0, cpu_s=1, memory_mb=128, output_chars=1000)
 

@@ -16,7 +16,12 @@ from components.core import prune as P
 from components.core.distill import distillation_loss
 from components.core.models import ModelConfig, auto_class, build_causal_lm, load_trained
 from components.core.quantize import (
-    linear_weight_bytes, load_quantized, quantizable, quantize, save_quantized, weight_count,
+    linear_weight_bytes,
+    load_quantized,
+    quantizable,
+    quantize,
+    save_quantized,
+    weight_count,
 )
 from components.core.speed import generation_speed
 from components.data.config import TokenizerConfig

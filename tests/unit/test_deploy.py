@@ -113,3 +113,162 @@ def test_each_embedded_ray_gets_an_haproxy_ingress_of_its_own():
     assert len(first["RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"]) + 57 <= 97
     # A choice already made in the environment stands (RAY_SERVE_ENABLE_HA_PROXY=0: Serve's Python proxy).
     assert local_ingress_env({"RAY_SERVE_ENABLE_HA_PROXY": "0"}) == {}
+
+
+# --- hostile clients: bounds, isolation in a batch, the key and the body size before parsing --------------
+
+
+def test_every_number_string_and_list_of_a_request_is_bounded():
+    base = {"model": "m", "prompt": "x"}
+    for bad in ({"seed": 2**70}, {"seed": -(2**64)}, {"temperature": float("nan")}, {"top_p": float("inf")},
+                {"stop": ["x" * 257]}, {"stop": 3}, {"prompt": ["a"] * 17}, {"prompt": "x" * (api.MAX_TEXT_CHARS + 1)},
+                {"logprobs": 99}, {"presence_penalty": 5}, {"n": 9}, {"max_tokens": 10**9}, {"model": "m" * 300}):
+        with pytest.raises(ValidationError):
+            api.CompletionRequest.model_validate({**base, **bad})
+    assert api.CompletionRequest.model_validate({**base, "seed": 2**63 - 1}).seed == 2**63 - 1  # what torch takes
+    message = {"role": "user", "content": "x"}
+    with pytest.raises(ValidationError, match="between 1 and 1024 messages"):
+        api.ChatCompletionRequest.model_validate({"model": "m", "messages": [message] * 100_000})
+    with pytest.raises(ValidationError):
+        api.ChatCompletionRequest.model_validate({"model": "m", "messages": [], "top_logprobs": 50})
+    with pytest.raises(ValidationError, match="longer than"):
+        api.ClassifyRequest.model_validate({"input": ["x" * (api.MAX_TEXT_CHARS + 1)]})
+
+
+def test_a_request_failing_in_a_batch_fails_alone():
+    import asyncio
+
+    from components.deploy.app import ApiError, isolate
+
+    async def run(items):  # one poisoned item makes the whole batched call raise, as torch.manual_seed(2**70) did
+        if "poison" in items:
+            raise RuntimeError("Overflow when unpacking long")
+        return [item.upper() for item in items]
+
+    out = asyncio.run(isolate(run, ["a", "poison", "b"]))
+    assert out[0] == "A" and out[2] == "B"
+    assert isinstance(out[1], ApiError) and out[1].status == 500 and out[1].body["error"]["type"] == "server_error"
+
+    async def refused(items):
+        raise ApiError(404, "no such adapter")
+
+    assert [e.status for e in asyncio.run(isolate(refused, ["a", "b"]))] == [404, 404]
+
+
+def guarded_app(key, limit):
+    """A FastAPI app behind the endpoint's Guard, recording whether a route ever read its body."""
+    from fastapi import FastAPI, Request
+
+    from components.deploy.app import Guard
+
+    reached = []
+    app = FastAPI()
+    app.add_middleware(Guard)
+    Guard.settings = {"api_key": key, "max_body_bytes": limit}
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok"}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        reached.append(len(await request.body()))
+        return {"ok": True}
+
+    return app, reached
+
+
+def test_the_key_and_the_body_size_are_checked_before_the_body_is_read():
+    from fastapi.testclient import TestClient
+
+    from components.deploy.app import Guard
+
+    app, reached = guarded_app("k3y", 1024)
+    try:
+        http = TestClient(app)
+        auth = {"Authorization": "Bearer k3y"}
+        no_key = http.post("/v1/completions", content=b"{not json" * 10_000)
+        assert no_key.status_code == 401 and no_key.json()["error"]["code"] == "invalid_api_key" and not reached
+        assert http.post("/v1/completions", content=b"{}", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert http.get("/health").status_code == 200  # the probes need no key
+        big = http.post("/v1/completions", content=b"x" * 2048, headers=auth)
+        assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large" and not reached
+
+        def chunks():  # no Content-Length: counted as it arrives
+            for _ in range(4):
+                yield b"x" * 400
+
+        assert http.post("/v1/completions", content=chunks(), headers=auth).status_code == 413 and not reached
+        assert http.post("/v1/completions", content=b"x" * 1000, headers=auth).status_code == 200 and reached == [1000]
+    finally:
+        Guard.settings = {"api_key": None, "max_body_bytes": None}
+
+
+def test_no_open_endpoint_by_accident(tmp_path, monkeypatch):
+    from components.deploy.app import check_exposure, node_api_key
+
+    check_exposure(DeployConfig(host="127.0.0.1"), keyed=False)  # this machine only
+    check_exposure(DeployConfig(host="0.0.0.0"), keyed=True)
+    check_exposure(DeployConfig(host="0.0.0.0", allow_unauthenticated=True), keyed=False)
+    for host in ("0.0.0.0", "10.1.2.3", "my-host"):
+        with pytest.raises(ValueError, match="allow_unauthenticated"):
+            check_exposure(DeployConfig(host=host), keyed=False)
+
+    monkeypatch.delenv("LIFECYCLE_API_KEY", raising=False)
+    assert node_api_key(None) is None
+    (tmp_path / "key").write_text("from-file\n")
+    assert node_api_key(str(tmp_path / "key")) == "from-file"
+    with pytest.raises(RuntimeError, match="not on this node"):  # a key was meant: never serve without it
+        node_api_key(str(tmp_path / "missing"))
+    monkeypatch.setenv("LIFECYCLE_API_KEY", "from-env")
+    assert node_api_key(None) == "from-env" and node_api_key(str(tmp_path / "missing")) == "from-env"
+
+
+def test_the_api_key_reaches_the_replicas_in_a_private_file_not_the_runtime_env(monkeypatch):
+    import os
+    import stat
+    from pathlib import Path
+
+    from components.deploy.app import build
+
+    monkeypatch.setenv("LIFECYCLE_API_KEY", "s3cret-key")
+    deployment = build(DeployConfig(host="0.0.0.0"), {"id": "m", "path": "/nowhere", "metadata": {}}, {})._bound_deployment
+    assert "s3cret-key" not in repr(deployment.ray_actor_options) and "runtime_env" not in deployment.ray_actor_options
+    assert "s3cret-key" not in repr(deployment.init_args)
+    key_file = deployment.init_args[0]["api_key_file"]
+    assert Path(key_file).read_text() == "s3cret-key" and stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    monkeypatch.delenv("LIFECYCLE_API_KEY")
+    with pytest.raises(ValueError, match="without an API key"):
+        build(DeployConfig(host="0.0.0.0"), {"id": "m", "path": "/nowhere", "metadata": {}}, {})
+
+
+def test_a_registered_adapter_is_served_over_its_base_or_named_as_an_adapter(tmp_path):
+    import json
+
+    from components.deploy.registry import adapter_base
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "config.json").write_text("{}")
+    (tmp_path / "ft" / "adapter").mkdir(parents=True)
+    (tmp_path / "ft" / "config.json").write_text("{}")
+    config = tmp_path / "ft" / "adapter" / "adapter_config.json"
+    config.write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": str(tmp_path / "base")}))
+    assert adapter_base("models:/smoke-finetune-adapter/1", tmp_path / "ft" / "adapter") == tmp_path / "base"
+    assert adapter_base("models:/smoke-finetune/1", tmp_path / "ft") is None  # a model
+    config.write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "/gone/pretrain"}))
+    with pytest.raises(ValueError, match=r"adapter, not a model.*/gone/pretrain.*serve models:/smoke-finetune/<version> "
+                                         r"instead, which serves this adapter as smoke-finetune-adapter"):
+        adapter_base("models:/smoke-finetune-adapter/1", tmp_path / "ft" / "adapter")
+
+
+def test_the_rayservice_requires_the_api_key_secret():
+    from pathlib import Path
+
+    import yaml
+
+    service = yaml.safe_load((Path(__file__).parents[2] / "cluster" / "kuberay" / "rayservice.yaml").read_text())
+    groups = [service["spec"]["rayClusterConfig"]["headGroupSpec"], *service["spec"]["rayClusterConfig"]["workerGroupSpecs"]]
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            (ref,) = [e["valueFrom"]["secretKeyRef"] for e in container["env"] if e["name"] == "LIFECYCLE_API_KEY"]
+            assert ref == {"name": "lifecycle-api-key", "key": "api_key"}, ref  # not optional

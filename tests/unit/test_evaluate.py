@@ -81,6 +81,11 @@ def test_report_table_has_every_checkpoint_and_deltas():
     assert report.size_quality_figure(ROWS) is None  # no sizes: nothing to plot
 
 
+def test_report_leaves_out_speed_measured_under_different_loads():
+    timed = [{**r, "metrics": {**r["metrics"], "tokens_per_s": s}} for r, s in zip(ROWS, (1800.0, 750.0))]
+    assert report.columns(timed) == report.columns(ROWS) and "tokens_per_s" not in report.markdown(timed)
+
+
 def test_size_quality_plot_has_a_point_per_sized_model():
     sized = [{**r, "metrics": {**r["metrics"], "model_bytes": b}} for r, b in zip(ROWS, (4.3e6, 2.0e6))]
     fig = report.size_quality_figure(sized)

@@ -1,9 +1,11 @@
-"""The layering rules: components/core stays pure; only tracking.py imports mlflow."""
+"""The layering rules: components/core stays pure, also through the project modules it imports;
+only tracking.py imports mlflow."""
 
 import ast
 from pathlib import Path
 
 from tests.conftest import ROOT
+from tests.unit.test_import_cycles import import_graph, project_modules
 
 
 def imported_roots(path: Path) -> set[str]:
@@ -17,9 +19,43 @@ def imported_roots(path: Path) -> set[str]:
     return names
 
 
+def impure_chains(modules: dict[str, Path], forbidden: set[str]) -> list[str]:
+    """For each components.core module that reaches a `forbidden` package, directly or through the
+    project modules it imports (any depth, function-local imports too): the chain, as text."""
+    graph = import_graph(modules)
+    chains = []
+    for start in sorted(m for m in modules if m == "components.core" or m.startswith("components.core.")):
+        came_from: dict[str, str | None] = {start: None}
+        todo = [start]
+        while todo:
+            module = todo.pop(0)
+            bad = imported_roots(modules[module]) & forbidden
+            if bad:
+                chain = [module]
+                while came_from[chain[-1]] is not None:
+                    chain.append(came_from[chain[-1]])
+                chains.append(" -> ".join(reversed(chain)) + f" imports {', '.join(sorted(bad))}")
+                break
+            for nxt in graph[module]:
+                if nxt not in came_from:
+                    came_from[nxt] = module
+                    todo.append(nxt)
+    return chains
+
+
 def test_core_never_imports_ray_or_mlflow():
-    for path in (ROOT / "components" / "core").rglob("*.py"):
-        assert not imported_roots(path) & {"ray", "mlflow"}, path
+    assert impure_chains(project_modules(), {"ray", "mlflow"}) == []
+
+
+def test_the_layering_check_sees_through_project_modules(tmp_path):
+    # A core module that imports a project module that imports ray breaks the rule as much as `import ray`.
+    files = {"components/__init__.py": "", "components/core/__init__.py": "", "components/helper.py": "import ray\n",
+             "components/core/pure.py": "import torch\n", "components/core/leaky.py": "def f():\n    from components import helper\n"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    modules = {".".join(Path(n).with_suffix("").parts).removesuffix(".__init__"): tmp_path / n for n in files}
+    assert impure_chains(modules, {"ray"}) == ["components.core.leaky -> components.helper imports ray"]
 
 
 def test_only_tracking_imports_mlflow():

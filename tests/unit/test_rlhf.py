@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from components.core.ppo import (
-    adaptive_kl_coef, at_response, entropy, gae, kl_penalized_rewards, pack, policy_loss, token_logprobs, value_loss, whiten,
+    adaptive_kl_coef,
+    at_response,
+    entropy,
+    gae,
+    kl_penalized_rewards,
+    pack,
+    policy_loss,
+    token_logprobs,
+    value_loss,
+    whiten,
 )
 from components.core.preference import bradley_terry_loss, dpo_loss, per_token_nll, sequence_logprobs
 from components.data.corpus import DataError

@@ -10,8 +10,8 @@ from components.core.sft import IGNORE_INDEX, encode_pair, encode_seq2seq_pair, 
 from components.data.config import TokenizerConfig
 from components.data.instructions import FAMILIES, generate_tasks
 from components.data.tokenizer import train_bpe
-from components.scoring import text_scores_by_family
 from components.finetune.step import encode_split
+from components.scoring import text_scores_by_family
 
 DOCS = [f"the cat {i} sat on the mat and the dog ran to the red house number {i * 7}." for i in range(300)]
 
@@ -125,7 +125,8 @@ def test_lora_on_t5_targets_its_projections_and_trains_only_the_adapter(tokenize
     assert {n.split(".")[-4] for n in names} == {"q", "v"}  # the default t5 targets
     assert any(".decoder." in n for n in names) and any(".encoder." in n for n in names)
     every = LoraSettings(target_modules=["q", "k", "v", "o", "wi", "wo"])
-    names = {n.split(".")[-4] for n, p in apply_method(_t5(tokenizer), "lora", every, PromptTuningSettings(), SelectiveSettings()).named_parameters() if p.requires_grad}
+    model = apply_method(_t5(tokenizer), "lora", every, PromptTuningSettings(), SelectiveSettings())
+    names = {n.split(".")[-4] for n, p in model.named_parameters() if p.requires_grad}
     assert names == {"q", "k", "v", "o", "wi", "wo"}
     with pytest.raises(ValueError, match="no module named 'c_attn' in this t5 model"):
         apply_method(_t5(tokenizer), "lora", LoraSettings(target_modules=["c_attn"]), PromptTuningSettings(), SelectiveSettings())
