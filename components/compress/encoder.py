@@ -29,8 +29,8 @@ from transformers import AutoConfig, AutoTokenizer
 from components import storage, tracking, training
 from components.artifact import Artifact, StepContext
 from components.classify.config import LABELS, ClassifyConfig
+from components.classify.data import load_examples
 from components.classify.loop import train_loop
-from components.classify.step import load_examples
 from components.compress.config import ClassifierData, DistillConfig, PruneConfig, QuantizeConfig, StudentTraining
 from components.compress.wiring import compressed_model, on_a_cpu
 from components.core import prune as P

@@ -28,10 +28,9 @@ from components.compress.wiring import compressed_model, on_a_cpu
 from components.core import prune as P
 from components.core.models import context_length, count_parameters, family_of, load_trained, weights_bytes
 from components.core.quantize import INTEGER, RECIPE, linear_weight_bytes, quantize, save_quantized, weight_count
-from components.core.sft import encode_seq2seq_pair
+from components.core.sft import encode_seq2seq_pair, encode_split
 from components.core.speed import generation_speed
 from components.data.instructions import Example, read_examples_jsonl, spread
-from components.finetune.step import encode_split
 from components.report import plot_curves
 from components.scoring import exact_match_by_family
 

@@ -7,6 +7,8 @@ not to reproduce the instruction.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 IGNORE_INDEX = -100
@@ -78,3 +80,24 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, ba
             answers.append(tokenizer.decode(row, skip_special_tokens=True))
     model.train(was_training)
     return answers
+
+
+def encode_split(path: Path, examples, tokenizer, context: int, seq2seq: bool = False) -> list[tuple[list[int], list[int]]]:
+    """Token pairs (input_ids, labels) of a split; an example longer than the context is an error naming its line.
+
+    seq2seq: the prompt is the encoder's input and the response the decoder's labels, each held to the context.
+    """
+    pairs = []
+    for line, e in enumerate(examples, start=1):
+        if seq2seq:
+            ids, labels = encode_seq2seq_pair(tokenizer, e.prompt, e.response)
+            if max(len(ids), len(labels)) > context:
+                raise ValueError(f"{path}:{line}: prompt ({len(ids)} tokens) or response ({len(labels)} tokens) is longer "
+                                 f"than the model's context of {context} (shorten it or drop it)")
+        else:
+            ids, labels = encode_pair(tokenizer, e.prompt, e.response)
+            if len(ids) > context:
+                raise ValueError(f"{path}:{line}: prompt + response is {len(ids)} tokens, more than the model's "
+                                 f"context of {context} (shorten it or drop it)")
+        pairs.append((ids, labels))
+    return pairs

@@ -11,15 +11,15 @@ from components import tracking, training
 from components.artifact import Artifact, StepContext
 from components.core.models import auto_class, context_length, family_of, load_trained, weights_bytes
 from components.core.peft_methods import trainable_parameters
-from components.core.sft import encode_pair, encode_seq2seq_pair
+from components.core.sft import encode_split
 from components.data.corpus import read_jsonl
 from components.data.instructions import read_examples_jsonl, spread
 from components.data.tokenizer import tokenize_and_pack
 from components.finetune.config import FinetuneConfig
 from components.finetune.loop import build_model, train_loop
-from components.finetune.sweep import run_sweep
 from components.report import plot_curves
 from components.scoring import corpus_perplexity, exact_match_by_family, text_scores_by_family
+from components.sweep import run_sweep
 
 REPLAY_BLOCK = 64  # tokens per replayed pretraining row
 
@@ -109,27 +109,6 @@ def run(cfg: FinetuneConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
         headline += (f", sentence BLEU {metrics['sentence_bleu_before']:.1f} -> {metrics['sentence_bleu_after']:.1f}, "
                      f"ROUGE-L {metrics['rougeL_before']:.2f} -> {metrics['rougeL_after']:.2f}")
     return Artifact(str(ctx.output_dir), "model", ctx.run_id, ctx.cache_key, metrics, headline)
-
-
-def encode_split(path: Path, examples, tokenizer, context: int, seq2seq: bool = False) -> list[tuple[list[int], list[int]]]:
-    """Token pairs (input_ids, labels) of a split; an example longer than the context is an error naming its line.
-
-    seq2seq: the prompt is the encoder's input and the response the decoder's labels, each held to the context.
-    """
-    pairs = []
-    for line, e in enumerate(examples, start=1):
-        if seq2seq:
-            ids, labels = encode_seq2seq_pair(tokenizer, e.prompt, e.response)
-            if max(len(ids), len(labels)) > context:
-                raise ValueError(f"{path}:{line}: prompt ({len(ids)} tokens) or response ({len(labels)} tokens) is longer "
-                                 f"than the model's context of {context} (shorten it or drop it)")
-        else:
-            ids, labels = encode_pair(tokenizer, e.prompt, e.response)
-            if len(ids) > context:
-                raise ValueError(f"{path}:{line}: prompt + response is {len(ids)} tokens, more than the model's "
-                                 f"context of {context} (shorten it or drop it)")
-        pairs.append((ids, labels))
-    return pairs
 
 
 def _sizes(directory: Path) -> dict[str, float]:

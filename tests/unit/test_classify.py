@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from components.classify.config import ClassifyConfig
+from components.classify.data import load_examples
 from components.classify.loop import build_classifier
-from components.classify.step import load_examples
 from components.core.classification import collate, encode_text, encode_words, frame, score
 from components.core.models import ModelConfig, build_model
 from components.core.objectives import mask_tokens

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
 from components.classify.config import ClassifyConfig
-from components.classify.step import load_examples
+from components.classify.data import load_examples
 from components.compress.encoder import task_of
 from components.core import prune as P
 from components.core.classification import frame

@@ -9,12 +9,11 @@ from transformers import AutoModelForCausalLM
 
 from components.core.models import ModelConfig, build_causal_lm
 from components.core.peft_methods import LoraSettings, PromptTuningSettings, SelectiveSettings, apply_method, trainable_parameters
-from components.core.sft import IGNORE_INDEX, encode_pair, greedy_answers, pad_batch
+from components.core.sft import IGNORE_INDEX, encode_pair, encode_split, greedy_answers, pad_batch
 from components.data.config import TokenizerConfig
 from components.data.instructions import generate_tasks
 from components.data.tokenizer import train_bpe
 from components.finetune.config import FinetuneConfig
-from components.finetune.step import encode_split
 from workflows.spec import SpecError, load_spec
 
 

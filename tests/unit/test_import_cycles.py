@@ -168,3 +168,14 @@ def test_every_package_has_an_init_with_a_docstring():
             assert init.exists(), f"{folder.relative_to(ROOT)} has no __init__.py"
             if package == "components":
                 assert ast.get_docstring(ast.parse(init.read_text())), f"{init.relative_to(ROOT)}: say what the package is"
+
+
+def test_no_phase_reaches_into_another_phases_step():
+    """A step module is a phase's Ray wiring; what two phases share lives beside them (components/*.py,
+    core/, data/) or in the owning phase's own module for it (e.g. classify/data.py), never in a step."""
+    modules = project_modules()
+    reaching = [f"{modules[importer].relative_to(ROOT)}:{line} imports {imported}"
+                for importer in modules if importer.startswith("components.")
+                for imported, line, _ in imports_of(importer, modules)
+                if imported.endswith(".step") and imported.rsplit(".", 1)[0] != importer.rsplit(".", 1)[0]]
+    assert not reaching, "\n".join(reaching)
