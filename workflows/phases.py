@@ -110,6 +110,14 @@ PHASES: dict[str, Phase] = {
         "align the model on preference pairs with DPO (or IPO) under Ray Train; no reward model, no sampling",
         trains_weights=True, runner="ray_train", sizing=Sizing(pairs=True, method="method", reference=True),
     ),
+    "grpo": Phase(
+        "components.grpo.config:GRPOConfig", "components.grpo.step:run", ("model", "instructions", "reward_model?"), "model",
+        "group-relative RL (GRPO, Dr. GRPO, RLOO) with verifiable rewards: G sampled answers per prompt scored by checkers, "
+        "user functions or the reward model; rollout, reference and learner as Ray actors, no value model",
+        check="components.grpo.step:check", trains_weights=True, runner="actors",
+        placement="grpo.rollout_actors rollout actors, a reference and a learner (and a reward model when a term), "
+        "each grpo.cpus_per_actor CPUs and grpo.gpus_per_actor GPUs",
+    ),
     "quantize": Phase(
         "components.compress.config:QuantizeConfig", "components.compress.step:run_quantize", ("model", "instructions?"), "model",
         "quantize a merged model (fp16/bf16, int8 dynamic, int8/int4 weight-only); size, CPU speed and exact match next to the source; "

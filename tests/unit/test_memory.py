@@ -395,11 +395,11 @@ def test_plan_spec_on_cpu_workers(capsys):
     plan = json.loads(capsys.readouterr().out)
     assert not plan["on_gpu"] and plan["fits"]
     by_step = {s["step"]: s for s in plan["steps"]}
-    assert set(by_step) == {"pretrain", "finetune", "reward", "dpo", "distill", "prune", "ppo"}
+    assert set(by_step) == {"pretrain", "finetune", "reward", "dpo", "distill", "prune", "ppo", "grpo"}
     assert by_step["pretrain"]["precision"] == "fp32" and by_step["pretrain"]["fits"] is True  # precision auto on CPU
     assert by_step["reward"]["micro_batch"] == 32  # pairs: chosen and rejected both kept for backward
     assert by_step["distill"]["per_device_bytes"]["frozen_models"] == 4 * by_step["distill"]["n_params"]  # the teacher
-    assert by_step["ppo"]["planned"] is False
+    assert by_step["ppo"]["planned"] is False and by_step["grpo"]["planned"] is False
 
 
 def test_plan_spec_on_cpu_checks_host_memory(capsys):

@@ -32,7 +32,7 @@ def _choices(model: type[BaseModel], name: str) -> tuple:
 
 def test_the_ray_train_phases_include_classify():
     assert RAY_TRAIN == ["classify", "distill", "dpo", "finetune", "pretrain", "prune", "reward"]
-    assert [n for n, p in PHASES.items() if p.runner == "actors"] == ["ppo"]
+    assert [n for n, p in PHASES.items() if p.runner == "actors"] == ["ppo", "grpo"]
 
 
 def test_runner_and_sizing_go_together():
