@@ -9,7 +9,6 @@ import torch
 from components.core.grpo import equal_groups, group_advantages, grpo_loss, kl_estimate
 from components.core.verifiers import call_reward_function, combine, load_reward_function, verifier_rewards, verify
 
-
 # --- advantages ---------------------------------------------------------------------------------
 
 REWARDS = torch.tensor([[1.0, 0.0, 0.0, 1.0], [3.0, 3.0, 3.0, 3.0]])
