@@ -1,5 +1,6 @@
-"""Ray Train wiring shared by the training phases: a TorchTrainer over the step's workers, and a
-local copy of the checkpoint its loop exported at the end."""
+"""Ray wiring shared by the training phases: a TorchTrainer over the step's workers (and a local copy
+of the checkpoint its loop exported at the end), or, for the RL phases whose roles are actors, one
+placement group that reserves all of them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
@@ -52,3 +54,20 @@ def fit(loop: Callable[[dict], None], loop_config: dict, ctx: StepContext, max_f
         top = Path(directory)
         shutil.copytree(top, local, dirs_exist_ok=True, ignore=lambda d, names: ["state"] if Path(d) == top else [])
     return local
+
+
+def reserve_actors(bundle: dict[str, float], count: int, phase: str, ctx: StepContext):
+    """A placement group of `count` bundles of `bundle` (e.g. {"CPU": 0.5}), packed on one node when
+    they fit, for a phase's role actors; waits (showing how long) while other steps hold the resources,
+    as Ray Train does. Refused at once when the whole cluster could never hold them."""
+    from ray.util.placement_group import placement_group  # deferred: only the actor phases place groups
+
+    total = ray.cluster_resources()
+    if any(count * amount > total.get(kind, 0) for kind, amount in bundle.items()):
+        raise RuntimeError(f"{phase} needs {count} actors of {bundle}; the whole cluster has {total} (lower the CPUs or GPUs per actor)")
+    pg = placement_group([bundle] * count, strategy="PACK", name=f"{phase.lower()}-{ctx.cache_key[:12]}")
+    waited = 0
+    while not pg.wait(timeout_seconds=30):
+        waited += 30
+        ctx.progress({"waiting for resources": f"{waited}s"})
+    return pg

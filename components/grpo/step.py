@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from components import storage, tracking
+from components import storage, tracking, training
 from components.artifact import Artifact, StepContext
 from components.core.metrics import exact_match
 from components.core.ppo import pack
@@ -128,14 +128,7 @@ def run(cfg: GRPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artif
     rollouts = rollout_count(cfg, ray.cluster_resources().get("CPU", 0), with_reward)
     bundle = {"CPU": cfg.cpus_per_actor, **({"GPU": cfg.gpus_per_actor} if cfg.gpus_per_actor else {})}
     n_bundles = 2 + with_reward + rollouts
-    total = ray.cluster_resources()
-    if any(n_bundles * amount > total.get(kind, 0) for kind, amount in bundle.items()):
-        raise RuntimeError(f"GRPO needs {n_bundles} actors of {bundle}; the whole cluster has {total} (lower cpus_per_actor)")
-    pg = placement_group([bundle] * n_bundles, strategy="PACK", name=f"grpo-{ctx.cache_key[:12]}")
-    waited = 0
-    while not pg.wait(timeout_seconds=30):  # other steps hold the resources: wait for them, as Ray Train does
-        waited += 30
-        ctx.progress({"waiting for resources": f"{waited}s"})
+    pg = training.reserve_actors(bundle, n_bundles, "GRPO", ctx)
     checkpoints = storage.join(ctx.storage_path, f"{ctx.step}-{ctx.cache_key[:16]}")  # depends only on the cache key: a re-run resumes
 
     def report(metrics: dict, iteration: int) -> None:

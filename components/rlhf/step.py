@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import ray
 import torch
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -220,14 +220,7 @@ def run_ppo(cfg: PPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Ar
 
     # The four roles, packed together when they fit (one node if possible).
     bundle = {"CPU": cfg.cpus_per_role, **({"GPU": cfg.gpus_per_role} if cfg.gpus_per_role else {})}
-    total = ray.cluster_resources()
-    if any(4 * amount > total.get(kind, 0) for kind, amount in bundle.items()):
-        raise RuntimeError(f"PPO needs 4 role actors of {bundle}; the whole cluster has {total} (lower cpus_per_role / gpus_per_role)")
-    pg = placement_group([bundle] * 4, strategy="PACK", name=f"ppo-{ctx.cache_key[:12]}")
-    waited = 0
-    while not pg.wait(timeout_seconds=30):  # other steps hold the resources: wait for them, as Ray Train does
-        waited += 30
-        ctx.progress({"waiting for resources": f"{waited}s"})
+    pg = training.reserve_actors(bundle, 4, "PPO", ctx)
     checkpoints = storage.join(ctx.storage_path, f"{ctx.step}-{ctx.cache_key[:16]}")  # depends only on the cache key: a re-run resumes
 
     def report(metrics: dict, iteration: int) -> None:
@@ -266,7 +259,7 @@ def run_ppo(cfg: PPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Ar
 
     history = state["history"]
     generation = float(np.mean([h["generation_s"] for h in history]))
-    training = float(np.mean([h["training_s"] for h in history]))
+    training_s = float(np.mean([h["training_s"] for h in history]))
     scoring = float(np.mean([h["scoring_s"] for h in history]))
     # Paired over the same held-out prompts: the gain's standard error and how often the policy's answer scores higher.
     gain = after["scores"] - before["scores"]
@@ -275,8 +268,8 @@ def run_ppo(cfg: PPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Ar
         "reward_gain_se": float(gain.std(ddof=1) / np.sqrt(len(gain))), "reward_win_rate": float(np.mean(gain > 0)),
         "exact_match_before": before["exact_match"], "exact_match_after": after["exact_match"],
         "kl_to_reference": test_kl, "reference_unchanged": float(unchanged),
-        "iteration_generation_s": generation, "iteration_scoring_s": scoring, "iteration_training_s": training,
-        "generation_share": generation / (generation + scoring + training),
+        "iteration_generation_s": generation, "iteration_scoring_s": scoring, "iteration_training_s": training_s,
+        "generation_share": generation / (generation + scoring + training_s),
     }
     tracking.log_metrics(ctx.tracking_uri, ctx.run_id, metrics)
     tracking.log_dict(ctx.tracking_uri, ctx.run_id, history, "ppo_iterations.json")
