@@ -149,7 +149,10 @@ def _serve(args, console: Console) -> int:
     url = start(cfg, model, adapters)
     meta = model["metadata"]
     rag = rag_url(cfg)
-    console.print(f"serving {model['id']} (models:/{meta['registered_model']}/{meta['version']}) at {url}"
+    # A registered adapter is served under its own name, over its base: name what a client asks for.
+    served = meta.get("adapter") or model["id"]
+    over = f" over its base model {model['id']}" if meta.get("adapter") else ""
+    console.print(f"serving {served} (models:/{meta['registered_model']}/{meta['version']}){over} at {url}"
                   + (f" and RAG at {rag}" if rag else ""))
     if started and not args.no_wait:
         _hold(console, url)
