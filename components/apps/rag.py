@@ -33,7 +33,7 @@ from components.core import retrieval
 from components.core.embedding import wordllama_embed
 from components.core.models import context_length
 from components.data.instructions import format_prompt
-from components.deploy.app import ApiError, add_error_handlers, authorize
+from components.deploy.app import ApiError, add_error_handlers, authorize, node_api_key, private_key_file
 from components.deploy.generation import Params
 from components.deploy.ingress import local_url, wait_ready
 from components.storage import localize
@@ -77,7 +77,7 @@ def _hit(hit: retrieval.Hit) -> dict:
 @serve.deployment(max_ongoing_requests=32)
 @serve.ingress(rag_app)
 class RagServer:
-    def __init__(self, settings: dict, model: dict, adapters: list[str]):
+    def __init__(self, settings: dict, model: dict, adapters: list[str], key_file: str | None = None):
         self.cfg = RagConfig.model_validate(settings)
         started = time.time()
         self.index = retrieval.build_index(retrieval.collect_documents(self.cfg.collection, self.cfg.patterns),
@@ -89,7 +89,7 @@ class RagServer:
         self.tokenizer = AutoTokenizer.from_pretrained(path)  # to fit the passages into the model's context
         self.context = context_length(AutoConfig.from_pretrained(path))
         self.handle = None  # the model deployment's, looked up at the first answer: the model app may start later
-        self.api_key = os.environ.get("LIFECYCLE_API_KEY") or None
+        self.api_key = node_api_key(key_file)
 
     @rag_app.get("/health")
     def health(self):
@@ -190,9 +190,11 @@ class RagServer:
 def build(cfg: RagConfig, model: dict[str, Any], adapters: list[str] = ()) -> serve.Application:
     """The RAG Serve application over the served `model` ({id, path}; the same dict given to the deploy step);
     `adapters`: the ids of its LoRA adapters, which requests may name as `model` too."""
-    env = {k: v for k, v in os.environ.items() if k == "LIFECYCLE_API_KEY"}
-    return RagServer.options(ray_actor_options={"num_cpus": cfg.cpus, "runtime_env": {"env_vars": env}}).bind(
-        cfg.model_dump(), model, list(adapters))
+    # The key reaches the replica as a private file, as the model app's does: in the runtime_env it
+    # would be shown on the Ray dashboard.
+    key = os.environ.get("LIFECYCLE_API_KEY") or None
+    return RagServer.options(ray_actor_options={"num_cpus": cfg.cpus}).bind(
+        cfg.model_dump(), model, list(adapters), private_key_file(key) if key else None)
 
 
 def start(cfg: RagConfig, model: dict[str, Any], port: int, host: str = "127.0.0.1", timeout_s: float = 180,

@@ -195,7 +195,7 @@ def node_api_key(key_file: str | None) -> str | None:
     return key
 
 
-def _key_file(key: str) -> str:
+def private_key_file(key: str) -> str:
     """A private file (mode 0600 in a 0700 folder of this user's) holding `key`; its path.
 
     So a replica on this machine reads the key from disk: a key passed in the replica's
@@ -221,7 +221,7 @@ def build(cfg: DeployConfig, model: dict[str, Any], adapters: dict[str, dict[str
     """
     key = os.environ.get("LIFECYCLE_API_KEY") or None
     if cfg.api_key_file is None and key is not None:
-        cfg = cfg.model_copy(update={"api_key_file": _key_file(key)})
+        cfg = cfg.model_copy(update={"api_key_file": private_key_file(key)})
     check_exposure(cfg, keyed=cfg.api_key_file is not None)
     options: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},

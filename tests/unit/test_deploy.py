@@ -272,3 +272,15 @@ def test_the_rayservice_requires_the_api_key_secret():
         for container in group["template"]["spec"]["containers"]:
             (ref,) = [e["valueFrom"]["secretKeyRef"] for e in container["env"] if e["name"] == "LIFECYCLE_API_KEY"]
             assert ref == {"name": "lifecycle-api-key", "key": "api_key"}, ref  # not optional
+
+
+def test_the_rag_route_gets_the_key_in_a_private_file_too(monkeypatch):
+    from pathlib import Path
+
+    from components.apps import rag
+    from components.apps.config import RagConfig
+
+    monkeypatch.setenv("LIFECYCLE_API_KEY", "s3cret-rag")
+    deployment = rag.build(RagConfig(), {"id": "m", "path": "/nowhere"})._bound_deployment
+    assert "s3cret-rag" not in repr(deployment.ray_actor_options) and "runtime_env" not in deployment.ray_actor_options
+    assert Path(deployment.init_args[3]).read_text() == "s3cret-rag"
