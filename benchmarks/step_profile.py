@@ -50,8 +50,8 @@ def ancestors(steps: dict, name: str) -> set[str]:
     return seen
 
 
-def alone(spec: dict, name: str, workdir: Path, env: dict, overrides: list[str]) -> float:
-    """Re-run `name` alone (its inputs cached); its seconds from `lifecycle status`."""
+def alone(spec: dict, name: str, workdir: Path, env: dict, overrides: list[str]) -> dict:
+    """Re-run `name` alone (its inputs cached); its row of `lifecycle status` (seconds, run_id)."""
     # Its output and its checkpoints (a training run would resume from its last one and skip training).
     for moved in [*(workdir / "artifacts").glob(f"{name}-*"), *(workdir / "ray_storage").glob(f"{name}-*")]:
         shutil.rmtree(moved)
@@ -66,7 +66,7 @@ def alone(spec: dict, name: str, workdir: Path, env: dict, overrides: list[str])
         os.unlink(f.name)
     row = next(s for s in status(workdir, env, limit=1)[0]["steps"] if s["step"] == name)
     assert row["state"] == "done", row
-    return row["seconds"]
+    return row
 
 
 def critical_path(steps: dict, seconds: dict[str, float]) -> tuple[float, list[str]]:
@@ -98,18 +98,16 @@ def main() -> int:
     overrides = private_overrides(str(spec_path), args.overrides)
     cold = {s["step"]: s for s in status(args.workdir, env, limit=50)[-1]["steps"]}  # the oldest run: the cold one
     client = client_for(args.workdir)
-    cheap = {"data", "instructions", "preferences", "tokenizer", "pretrain", "finetune", *SKIPPED}
-    names = args.steps.split(",") if args.steps else [n for n in spec["steps"] if spec["steps"][n]["uses"] not in cheap]
+    kept_cold = {"data", "instructions", "preferences", "tokenizer", "pretrain", "finetune", *SKIPPED}  # phases timed by the cold run
+    names = args.steps.split(",") if args.steps else [n for n in spec["steps"] if spec["steps"][n]["uses"] not in kept_cold]
 
     rows, seconds = [], {}
     for name in spec["steps"]:
-        phase = spec["steps"][name]["uses"]
         if name in names:
             print(f"{name} alone ...", flush=True)
-            took = alone(spec, name, args.workdir, env, overrides)
-            run_id = next(s for s in status(args.workdir, env, limit=1)[0]["steps"] if s["step"] == name)["run_id"]
-        else:
-            took, run_id = cold.get(name, {}).get("seconds", 0.0), cold.get(name, {}).get("run_id")
+        phase = spec["steps"][name]["uses"]
+        row = alone(spec, name, args.workdir, env, overrides) if name in names else cold.get(name, {})
+        took, run_id = row.get("seconds", 0.0), row.get("run_id")
         in_loop = loop_seconds(client, client.get_run(run_id), 2) if run_id else 0.0
         seconds[name] = took
         rows.append([name, phase, f"{cold.get(name, {}).get('seconds', 0.0):.1f}", f"{took:.1f}", f"{in_loop:.1f}",
