@@ -10,6 +10,9 @@ cut down to the step and its ancestors, and `lifecycle run` times it on an idle 
 
 - alone s: the step's own time (its MLflow run), of which the training loop's report windows
   and "other" (Ray Train start and stop, model loading, scoring, export, speed measurements);
+- parts: the seconds the step timed itself (`ctx.timed`, logged as `seconds_<part>`): ray_train
+  (its Ray Train run: start, loop, stop), score_before / score_after, measure (compression's size
+  and speed), scoring (evaluation), waiting_for_resources, start_actors, iterations (RL), export;
 - the critical path: the longest chain of `needs` weighed by those times, the shortest a cold
   run could take with unlimited CPUs; and the sum over all steps / the CPUs, the shortest on
   this machine if nothing else waited.
@@ -108,14 +111,17 @@ def main() -> int:
         phase = spec["steps"][name]["uses"]
         row = alone(spec, name, args.workdir, env, overrides) if name in names else cold.get(name, {})
         took, run_id = row.get("seconds", 0.0), row.get("run_id")
-        in_loop = loop_seconds(client, client.get_run(run_id), 2) if run_id else 0.0
+        run = client.get_run(run_id) if run_id else None
+        in_loop = loop_seconds(client, run, 2) if run else 0.0
+        parts = {k.removeprefix("seconds_"): v for k, v in (run.data.metrics if run else {}).items()
+                 if k.startswith("seconds_") and k != "seconds_step"}
         seconds[name] = took
         rows.append([name, phase, f"{cold.get(name, {}).get('seconds', 0.0):.1f}", f"{took:.1f}", f"{in_loop:.1f}",
-                     f"{took - in_loop:.1f}", "alone" if name in names else "cold run"])
+                     f"{took - in_loop:.1f}", ", ".join(f"{k} {v:.1f}" for k, v in sorted(parts.items())), "alone" if name in names else "cold run"])
     path_s, chain = critical_path(spec["steps"], seconds)
     total = sum(seconds.values())
     head = f"{args.spec}: every step's cost on an idle machine, its inputs cached.\n\n"
-    grid = table(["step", "phase", "cold run s", "alone s", "in training loop s", "other s", "timed"], rows, "llrrrrl")
+    grid = table(["step", "phase", "cold run s", "alone s", "in training loop s", "other s", "parts s", "timed"], rows, "llrrrrll")
     lines = [
         f"- Critical path (unlimited CPUs): {path_s:.0f} s: {' -> '.join(chain)}.",
         f"- Sum of steps: {total:.0f} s; over {args.cpus} CPUs at best {total / args.cpus:.0f} s, if no step waited on another.",

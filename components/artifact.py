@@ -9,7 +9,9 @@ upstream Artifacts name and writes its own output into ``ctx.output_dir``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,8 @@ class StepContext:
         killed driver because the path depends only on the cache key): a path, or an
         object-store URI (s3://, gs://) when the run's storage is one (see components.storage).
     progress: call with a dict of metrics to update the live progress table.
+    seconds: wall seconds per part of the step (`timed`), which the engine logs as the step
+        run's `seconds_<part>` metrics beside `seconds_step`, its whole time (benchmarks/step_profile.py).
     """
 
     step: str
@@ -88,3 +92,13 @@ class StepContext:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     progress: Callable[[dict[str, Any]], None] = lambda metrics: None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, part: str) -> Iterator[None]:
+        """Add the wall seconds of the block to `seconds[part]` (e.g. "score_before", "ray_train")."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - start

@@ -88,7 +88,8 @@ def run_sweep(cfg, loop, loop_config: dict, ctx: StepContext, metric: str = "val
                                         reuse_actors=False),  # a stopped trial's actor must die, taking its Ray Train run along
             run_config=tune.RunConfig(name=name, storage_path=str(ctx.storage_path), verbose=0),
         )
-    grid = tuner.fit()
+    with ctx.timed("ray_tune"):
+        grid = tuner.fit()
 
     rows = []
     for result in grid:

@@ -48,9 +48,10 @@ def fit(loop: Callable[[dict], None], loop_config: dict, ctx: StepContext, max_f
     latest checkpoint; `part` names a second training run of the same step (its own checkpoints)."""
     name = f"{ctx.step}-{ctx.cache_key[:16]}" + (f"-{part}" if part else "")
     callbacks = [ReportToLineage(ctx.tracking_uri, run_id or ctx.run_id, ctx.progress, shown)]
-    result = trainer(loop, loop_config, ctx, name, max_failures, callbacks).fit()
+    with ctx.timed("ray_train"):  # worker start, the loop, stop: the loop's own time is in its reports
+        result = trainer(loop, loop_config, ctx, name, max_failures, callbacks).fit()
     local = Path(tempfile.mkdtemp(prefix=f"{ctx.phase}-export-"))
-    with result.checkpoint.as_directory() as directory:
+    with ctx.timed("export"), result.checkpoint.as_directory() as directory:
         top = Path(directory)
         shutil.copytree(top, local, dirs_exist_ok=True, ignore=lambda d, names: ["state"] if Path(d) == top else [])
     return local
@@ -67,7 +68,8 @@ def reserve_actors(bundle: dict[str, float], count: int, phase: str, ctx: StepCo
         raise RuntimeError(f"{phase} needs {count} actors of {bundle}; the whole cluster has {total} (lower the CPUs or GPUs per actor)")
     pg = placement_group([bundle] * count, strategy="PACK", name=f"{phase.lower()}-{ctx.cache_key[:12]}")
     waited = 0
-    while not pg.wait(timeout_seconds=30):
-        waited += 30
-        ctx.progress({"waiting for resources": f"{waited}s"})
+    with ctx.timed("waiting_for_resources"):
+        while not pg.wait(timeout_seconds=30):
+            waited += 30
+            ctx.progress({"waiting for resources": f"{waited}s"})
     return pg

@@ -65,7 +65,8 @@ def _profiles(source_dir: Path, compressed_dir: Path, test: list[Example], measu
     by side on one CPU-holding task; the source's prefixed `source_`, with the ratios a reader looks
     for. Quality next to the source's is the evaluate phase's job; `exact_match` adds the compressed
     model's, for the step's own comparisons (same settings as the variants it is compared with)."""
-    return on_a_cpu(ctx, _measure_side_by_side, str(source_dir), str(compressed_dir), test, measure, exact_match)
+    with ctx.timed("measure"):
+        return on_a_cpu(ctx, _measure_side_by_side, str(source_dir), str(compressed_dir), test, measure, exact_match)
 
 
 def _measure_side_by_side(source_dir: str, compressed_dir: str, test: list[Example], measure: Measure,
@@ -231,7 +232,8 @@ def run_prune(cfg: PruneConfig, inputs: dict[str, Artifact], ctx: StepContext) -
 
     # 1. Prune: zero the smallest weights (masks kept for recovery), or drop the weakest MLP channels.
     pruned, masks = P.prune(model, cfg.method, cfg.sparsity)
-    em = on_a_cpu(ctx, _exact_match, pruned, tokenizer, test, cfg.measure)
+    with ctx.timed("score_before"):
+        em = on_a_cpu(ctx, _exact_match, pruned, tokenizer, test, cfg.measure)
 
     # 2. Recover: a short training run against the unpruned model, the zeros held.
     recovered = _train(pruned, tokenizer, source.uri, masks, cfg.recovery, _pairs(inputs, tokenizer, context_length(model)), ctx)

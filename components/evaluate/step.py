@@ -96,7 +96,8 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
                 add(Request("benchmark", item=item, variant=kind), "choice", _perturbed(item.context, kind, cfg.seed), item.options)
 
     # 2. Score them on model replicas, one model copy each (Ray tasks, or a Ray Data actor pool for a large set).
-    results = _score(rows, model.uri, cfg, ctx)
+    with ctx.timed("scoring"):  # the replicas' start, model loading and work
+        results = _score(rows, model.uri, cfg, ctx)
 
     # 3. Summarise into metrics, write the artifact, log to the step's run.
     scores = summarise(requests, results, cfg)

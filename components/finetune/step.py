@@ -50,15 +50,16 @@ def run(cfg: FinetuneConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     # 2. The base model's scores: what fine-tuning must beat, and the forgetting baseline.
     test = spread(splits["test"], cfg.test_examples)
     corpus_val = read_jsonl(corpus.path / "validation.jsonl")
-    base_model = auto_class(base.path).from_pretrained(base.path)
-    if seq2seq:
-        # Perplexity on plain text is a causal-LM measure (a T5 decoder never reads the corpus as
-        # such), so there is no forgetting check; BLEU and ROUGE-L of the answers are logged instead.
-        text_before = text_scores_by_family(base_model, tokenizer, test, cfg.max_new_tokens)
-        before = text_before["exact_match"]
-    else:
-        before = exact_match_by_family(base_model, tokenizer, test, cfg.max_new_tokens)
-        ppl_before = corpus_perplexity(base_model, tokenizer, corpus_val, context, cfg.eval_tokens)
+    with ctx.timed("score_before"):
+        base_model = auto_class(base.path).from_pretrained(base.path)
+        if seq2seq:
+            # Perplexity on plain text is a causal-LM measure (a T5 decoder never reads the corpus as
+            # such), so there is no forgetting check; BLEU and ROUGE-L of the answers are logged instead.
+            text_before = text_scores_by_family(base_model, tokenizer, test, cfg.max_new_tokens)
+            before = text_before["exact_match"]
+        else:
+            before = exact_match_by_family(base_model, tokenizer, test, cfg.max_new_tokens)
+            ppl_before = corpus_perplexity(base_model, tokenizer, corpus_val, context, cfg.eval_tokens)
     del base_model, model
 
     # 3. Train: one Ray Train run, or a Ray Tune sweep over LoRA rank whose best trial wins.
@@ -80,16 +81,19 @@ def run(cfg: FinetuneConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     shutil.rmtree(export)
 
     # 4. Score the result the way a user will load it.
-    tuned = load_trained(ctx.output_dir)
+    with ctx.timed("score_after"):
+        tuned = load_trained(ctx.output_dir)
+        if seq2seq:
+            text_after = text_scores_by_family(tuned, tokenizer, test, cfg.max_new_tokens)
+            after = text_after["exact_match"]
+        else:
+            after = exact_match_by_family(tuned, tokenizer, test, cfg.max_new_tokens)
+            ppl_after = corpus_perplexity(tuned, tokenizer, corpus_val, context, cfg.eval_tokens)
     if seq2seq:
-        text_after = text_scores_by_family(tuned, tokenizer, test, cfg.max_new_tokens)
-        after = text_after["exact_match"]
         quality = {f"{name}_{when}{'' if f == 'all' else '_' + f}": v
                    for when, scores in (("before", text_before), ("after", text_after))
                    for name in ("bleu", "sentence_bleu", "rougeL") for f, v in scores[name].items()}
     else:
-        after = exact_match_by_family(tuned, tokenizer, test, cfg.max_new_tokens)
-        ppl_after = corpus_perplexity(tuned, tokenizer, corpus_val, context, cfg.eval_tokens)
         quality = {"corpus_ppl_before": ppl_before, "corpus_ppl_after": ppl_after, "forgetting_ppl_ratio": ppl_after / ppl_before}
     trainable, _ = trainable_parameters(build_model(str(base.path), cfg)[0])
     metrics = {

@@ -122,7 +122,8 @@ def run(cfg: GRPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artif
     data = [{"ids": encode(e.prompt), "prompt": e.prompt, "reference": e.response, "family": e.family}
             for e in training_examples(cfg, splits["train"], instructions)]
     test = spread(splits["test"], cfg.test_examples)
-    before = hits(base.path, tokenizer, test, cfg.eval_max_new_tokens)
+    with ctx.timed("score_before"):
+        before = hits(base.path, tokenizer, test, cfg.eval_max_new_tokens)
 
     with_reward = REWARD_MODEL_TERM in cfg.rewards
     rollouts = rollout_count(cfg, ray.cluster_resources().get("CPU", 0), with_reward)
@@ -140,9 +141,11 @@ def run(cfg: GRPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artif
             actors, replace_rollout = start_actors(cfg, base.uri, reward_model.uri if with_reward else None, pg, rollouts)
             try:
                 # Wait for every actor to load its model, so the first iteration's times are the loop's own.
-                ray.get([a.__ray_ready__.remote() for a in [actors["learner"], actors["reference"], *actors["rollouts"],
-                                                            *([actors["reward"]] if with_reward else [])]])
-                state = loop.train(cfg, actors, replace_rollout, data, tokenizer, functions, checkpoints, report)
+                with ctx.timed("start_actors"):
+                    ray.get([a.__ray_ready__.remote() for a in [actors["learner"], actors["reference"], *actors["rollouts"],
+                                                                *([actors["reward"]] if with_reward else [])]])
+                with ctx.timed("iterations"):
+                    state = loop.train(cfg, actors, replace_rollout, data, tokenizer, functions, checkpoints, report)
                 break
             except ray.exceptions.RayActorError:  # the learner, reference or reward model: all restart from the checkpoint
                 for actor in [actors["learner"], actors["reference"], *actors["rollouts"], *([actors["reward"]] if with_reward else [])]:
@@ -165,7 +168,8 @@ def run(cfg: GRPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artif
     finally:
         remove_placement_group(pg)
 
-    after = hits(ctx.output_dir, tokenizer, test, cfg.eval_max_new_tokens)
+    with ctx.timed("score_after"):
+        after = hits(ctx.output_dir, tokenizer, test, cfg.eval_max_new_tokens)
     history = state["history"]
     split = {key: float(np.mean([h[key] for h in history])) for key in ("sync_s", "generation_s", "reward_s", "reference_s", "training_s")}
     metrics = {

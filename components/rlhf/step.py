@@ -117,15 +117,17 @@ def run_reward(cfg: RewardConfig, inputs: dict[str, Artifact], ctx: StepContext)
                        f"score_chosen{suffix}": float(np.mean(chosen)), f"score_rejected{suffix}": float(np.mean(rejected))})
         return scores
 
-    untrained, _ = build_reward_model(str(base.path), cfg.seed)
-    before = judge(untrained.eval(), "_before")
+    with ctx.timed("score_before"):
+        untrained, _ = build_reward_model(str(base.path), cfg.seed)
+        before = judge(untrained.eval(), "_before")
     del untrained
 
     loop_config = {"objective": "reward", "cfg": cfg.model_dump(), "base_dir": base.uri,
                    "train_pairs": encoded["train"], "test_pairs": encoded["test"][: cfg.test_pairs]}
     _copy_export(training.fit(pairwise_loop, loop_config, ctx, cfg.max_failures, ("step", "loss", "accuracy", "test_accuracy")), ctx.output_dir)
 
-    after = judge(AutoModelForSequenceClassification.from_pretrained(ctx.output_dir).eval(), "")
+    with ctx.timed("score_after"):
+        after = judge(AutoModelForSequenceClassification.from_pretrained(ctx.output_dir).eval(), "")
     metrics = {**before, **after}
     tracking.log_metrics(ctx.tracking_uri, ctx.run_id, metrics)
     plot_curves(ctx, keys=("loss", "test_loss"), ylabel="Bradley-Terry loss (nats)")
@@ -150,16 +152,18 @@ def run_dpo(cfg: DPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Ar
                   f"exact_match_{suffix}": em["all"], f"chosen_logprob_{suffix}": float(np.mean(chosen))}
         return scores, chosen, rejected
 
-    reference = AutoModelForCausalLM.from_pretrained(base.path).eval()
-    before, ref_chosen, ref_rejected = judge(reference, "before")
+    with ctx.timed("score_before"):
+        reference = AutoModelForCausalLM.from_pretrained(base.path).eval()
+        before, ref_chosen, ref_rejected = judge(reference, "before")
     del reference
 
     loop_config = {"objective": "dpo", "cfg": cfg.model_dump(), "base_dir": base.uri,
                    "train_pairs": encoded["train"], "test_pairs": encoded["test"][: cfg.test_pairs]}
     _copy_export(training.fit(pairwise_loop, loop_config, ctx, cfg.max_failures, ("step", "loss", "accuracy", "test_accuracy")), ctx.output_dir)
 
-    tuned = AutoModelForCausalLM.from_pretrained(ctx.output_dir).eval()
-    after, chosen, rejected = judge(tuned, "after")
+    with ctx.timed("score_after"):
+        tuned = AutoModelForCausalLM.from_pretrained(ctx.output_dir).eval()
+        after, chosen, rejected = judge(tuned, "after")
     # The implicit reward's accuracy: does the log-ratio against the reference prefer the chosen answer?
     # A tie counts half. It has no "before": the reference's log-ratio against itself is 0 on every
     # pair, so its accuracy would be 0.5 by construction; the paired log-prob accuracy is the before/after.
@@ -231,9 +235,12 @@ def run_ppo(cfg: PPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Ar
         for attempt in range(cfg.max_failures + 1):
             roles = _start_roles(cfg, base.uri, reward_model.uri, pg)
             try:
-                fingerprint = ray.get(roles["reference"].fingerprint.remote())
-                before = _judge(roles, "reference", test_prompts, examples, tokenizer, cfg.eval_max_new_tokens)
-                state = ppo_loop.train(cfg, roles, prompts, tokenizer.pad_token_id, checkpoints, report, demos)
+                with ctx.timed("start_actors"):  # the roles load their models
+                    fingerprint = ray.get(roles["reference"].fingerprint.remote())
+                with ctx.timed("score_before"):
+                    before = _judge(roles, "reference", test_prompts, examples, tokenizer, cfg.eval_max_new_tokens)
+                with ctx.timed("iterations"):
+                    state = ppo_loop.train(cfg, roles, prompts, tokenizer.pad_token_id, checkpoints, report, demos)
                 break
             except ray.exceptions.RayActorError:
                 for actor in roles.values():
@@ -242,7 +249,8 @@ def run_ppo(cfg: PPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Ar
                     raise
                 ctx.progress({"restarts": attempt + 1})  # every role restarts and reloads the last checkpoint
 
-        after = _judge(roles, "policy", test_prompts, examples, tokenizer, cfg.eval_max_new_tokens)
+        with ctx.timed("score_after"):
+            after = _judge(roles, "policy", test_prompts, examples, tokenizer, cfg.eval_max_new_tokens)
         # KL paid: sampled responses to held-out prompts, log pi - log pi_ref summed over each response.
         sampled = ray.get(roles["policy"].generate.remote(test_prompts, cfg.max_new_tokens, cfg.temperature, cfg.seed))
         policy_lp, ref_lp = ray.get([roles["policy"].logprobs.remote(test_prompts, sampled, cfg.temperature),

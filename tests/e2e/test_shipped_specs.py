@@ -61,6 +61,10 @@ def test_tiny_spec_end_to_end_serves_and_gates_a_regression(tiny_run):
     losses = loss_history(tmp_path, "finetune")
     assert losses[-1] < losses[0] / 2, losses  # response-token loss
     assert ft["corpus_ppl_after"] > 0 and ft["forgetting_ppl_ratio"] > 0
+    # Where the step's time went (benchmarks/step_profile.py reads these): its parts lie within the whole.
+    parts = {k: v for k, v in ft.items() if k.startswith("seconds_") and k != "seconds_step"}
+    assert {"seconds_score_before", "seconds_ray_train", "seconds_export", "seconds_score_after"} <= set(parts), parts
+    assert all(v > 0 for v in parts.values()) and sum(parts.values()) < ft["seconds_step"], (parts, ft["seconds_step"])
 
     # RLHF: the reward model separates held-out pairs; PPO raises its score for a measured KL without
     # losing exact match (only a little: the reward model ranks the sums and translations this model
