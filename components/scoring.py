@@ -4,18 +4,80 @@ same answers. (The evaluate phase has its own benchmarks: components/evaluate/.)
 
 from __future__ import annotations
 
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import torch
 
+from components import storage
 from components.core import metrics
 from components.core.perplexity import perplexity
-from components.core.sft import greedy_answers
+from components.core.sft import greedy_answer_ids
 from components.data.instructions import Example
 from components.data.tokenizer import token_stream
 
 
-def exact_match_by_family(model, tokenizer, examples: list[Example], max_new_tokens: int) -> dict[str, float]:
-    """Share of exact answers per family, plus "all" over every example (fractions in [0, 1])."""
-    answers = greedy_answers(model, tokenizer, [e.prompt for e in examples], max_new_tokens)
+@dataclass
+class AnswerMemo:
+    """A model's greedy answers, kept so that each model answers each prompt once in a workflow.
+
+    Keyed by the model's cache key (a model is its config, inputs and code), one folder per model
+    under the run's storage; each scoring writes its own file (steps on parallel branches never
+    write one file). A stored answer serves any budget up to the one it was generated with, and
+    any budget at all when it ended at eos first (greedy decoding is a prefix property).
+    `reused` counts the answers served from another step, by that step's name.
+    """
+
+    folder: Path | None  # None: nothing kept (storage in an object store)
+    step: str = ""
+    reused: dict[str, int] = field(default_factory=dict)
+
+    @staticmethod
+    def of(model_key: str, storage_path: str, step: str) -> AnswerMemo:
+        folder = None if storage.is_remote(storage_path) else storage.local_path(storage_path) / "answers" / model_key
+        return AnswerMemo(folder, step)
+
+    def answers(self, model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
+        """Greedy answers (decoded, cut at eos) to `prompts` within `max_new_tokens`; computes only the missing ones."""
+        known: dict[str, dict] = {}
+        for path in sorted(self.folder.glob("*.jsonl")) if self.folder and self.folder.is_dir() else []:
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                if row["budget"] >= max_new_tokens or len(row["ids"]) < row["budget"]:
+                    known.setdefault(row["prompt"], row)
+        missing = list(dict.fromkeys(p for p in prompts if p not in known))
+        if missing:
+            new = greedy_answer_ids(model, tokenizer, missing, max_new_tokens)
+            rows = [{"prompt": p, "ids": ids, "budget": max_new_tokens, "step": self.step} for p, ids in zip(missing, new)]
+            known.update((r["prompt"], r) for r in rows)
+            if self.folder is not None:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                partial = self.folder / f".{uuid.uuid4().hex}.partial"
+                partial.write_text("".join(json.dumps(r) + "\n" for r in rows))
+                partial.rename(partial.with_name(f"{self.step}-{uuid.uuid4().hex[:8]}.jsonl"))  # readers never see half a file
+        for p in prompts:
+            if known[p]["step"] != self.step and p not in missing:
+                self.reused[known[p]["step"]] = self.reused.get(known[p]["step"], 0) + 1
+        return [tokenizer.decode(known[p]["ids"][:max_new_tokens], skip_special_tokens=True) for p in prompts]
+
+
+def reuse_tags(**memos: AnswerMemo) -> dict[str, str]:
+    """MLflow tags saying where reused answers came from, e.g. {"lifecycle.answers_before": "292 from finetune"}."""
+    return {f"lifecycle.answers_{name}": ", ".join(f"{n} from {step}" for step, n in sorted(m.reused.items()))
+            for name, m in memos.items() if m.reused}
+
+
+def greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, memo: AnswerMemo | None = None) -> list[str]:
+    """Greedy answers, through `memo` when given."""
+    return (memo or AnswerMemo(None)).answers(model, tokenizer, prompts, max_new_tokens)
+
+
+def exact_match_by_family(model, tokenizer, examples: list[Example], max_new_tokens: int, memo: AnswerMemo | None = None) -> dict[str, float]:
+    """Share of exact answers per family, plus "all" over every example (fractions in [0, 1]).
+    `memo`: the model's kept answers (each prompt answered once per model in a workflow)."""
+    answers = greedy(model, tokenizer, [e.prompt for e in examples], max_new_tokens, memo)
     hits: dict[str, list[bool]] = {}
     for example, answer in zip(examples, answers):
         hits.setdefault(example.family, []).append(metrics.exact_match(answer, example.response))
@@ -24,7 +86,8 @@ def exact_match_by_family(model, tokenizer, examples: list[Example], max_new_tok
     return scores
 
 
-def text_scores_by_family(model, tokenizer, examples: list[Example], max_new_tokens: int) -> dict[str, dict[str, float]]:
+def text_scores_by_family(model, tokenizer, examples: list[Example], max_new_tokens: int,
+                          memo: AnswerMemo | None = None) -> dict[str, dict[str, float]]:
     """{"exact_match" (fraction), "bleu" (corpus BLEU, 0..100), "sentence_bleu" (mean sentence BLEU, 0..100),
     "rougeL" (mean ROUGE-L F1, 0..1)}, each {family: score, ..., "all": score over every example}, from one
     greedy answer per example.
@@ -32,7 +95,7 @@ def text_scores_by_family(model, tokenizer, examples: list[Example], max_new_tok
     Corpus BLEU of answers under four words is 0 however right they are (no 4-gram to match: a 2-3 word
     translation); sentence BLEU leaves out the orders longer than each answer, so it scores those too.
     """
-    answers = greedy_answers(model, tokenizer, [e.prompt for e in examples], max_new_tokens)
+    answers = greedy(model, tokenizer, [e.prompt for e in examples], max_new_tokens, memo)
     groups: dict[str, list[tuple[str, str]]] = {}
     for example, answer in zip(examples, answers):
         groups.setdefault(example.family, []).append((answer, example.response))

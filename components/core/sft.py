@@ -53,8 +53,15 @@ def pad_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str
 
 @torch.no_grad()
 def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 64) -> list[str]:
-    """Greedy completions of `prompts`, decoded, cut at the first eos.
+    """Greedy completions of `prompts`, decoded, cut at the first eos."""
+    return [tokenizer.decode(ids, skip_special_tokens=True) for ids in greedy_answer_ids(model, tokenizer, prompts, max_new_tokens, batch_size)]
 
+
+def greedy_answer_ids(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 64) -> list[list[int]]:
+    """Token ids of the greedy completions of `prompts`, cut before the first eos (at most max_new_tokens each).
+
+    Greedy decoding is a prefix property: the answer to a budget of n tokens is the first n tokens
+    of the answer to any larger budget, and an answer shorter than its budget ended at eos.
     Prompts are left-padded into batches so every row's next token sits in the last column.
     An encoder-decoder reads the prompt + eos (as in `encode_seq2seq_pair`) and its output holds
     only the answer, after the decoder's start token.
@@ -77,7 +84,7 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, ba
         for row in out[:, 1 if seq2seq else width :].tolist():
             if tokenizer.eos_token_id in row:
                 row = row[: row.index(tokenizer.eos_token_id)]
-            answers.append(tokenizer.decode(row, skip_special_tokens=True))
+            answers.append(row)
     model.train(was_training)
     return answers
 

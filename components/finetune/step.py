@@ -18,7 +18,7 @@ from components.data.tokenizer import tokenize_and_pack
 from components.finetune.config import FinetuneConfig
 from components.finetune.loop import build_model, train_loop
 from components.report import plot_curves
-from components.scoring import corpus_perplexity, exact_match_by_family, text_scores_by_family
+from components.scoring import AnswerMemo, corpus_perplexity, exact_match_by_family, reuse_tags, text_scores_by_family
 from components.sweep import run_sweep
 
 REPLAY_BLOCK = 64  # tokens per replayed pretraining row
@@ -50,15 +50,16 @@ def run(cfg: FinetuneConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     # 2. The base model's scores: what fine-tuning must beat, and the forgetting baseline.
     test = spread(splits["test"], cfg.test_examples)
     corpus_val = read_jsonl(corpus.path / "validation.jsonl")
+    memo_before, memo_after = (AnswerMemo.of(key, ctx.storage_path, ctx.step) for key in (base.cache_key, ctx.cache_key))
     with ctx.timed("score_before"):
         base_model = auto_class(base.path).from_pretrained(base.path)
         if seq2seq:
             # Perplexity on plain text is a causal-LM measure (a T5 decoder never reads the corpus as
             # such), so there is no forgetting check; BLEU and ROUGE-L of the answers are logged instead.
-            text_before = text_scores_by_family(base_model, tokenizer, test, cfg.max_new_tokens)
+            text_before = text_scores_by_family(base_model, tokenizer, test, cfg.max_new_tokens, memo_before)
             before = text_before["exact_match"]
         else:
-            before = exact_match_by_family(base_model, tokenizer, test, cfg.max_new_tokens)
+            before = exact_match_by_family(base_model, tokenizer, test, cfg.max_new_tokens, memo_before)
             ppl_before = corpus_perplexity(base_model, tokenizer, corpus_val, context, cfg.eval_tokens)
     del base_model, model
 
@@ -84,10 +85,10 @@ def run(cfg: FinetuneConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     with ctx.timed("score_after"):
         tuned = load_trained(ctx.output_dir)
         if seq2seq:
-            text_after = text_scores_by_family(tuned, tokenizer, test, cfg.max_new_tokens)
+            text_after = text_scores_by_family(tuned, tokenizer, test, cfg.max_new_tokens, memo_after)
             after = text_after["exact_match"]
         else:
-            after = exact_match_by_family(tuned, tokenizer, test, cfg.max_new_tokens)
+            after = exact_match_by_family(tuned, tokenizer, test, cfg.max_new_tokens, memo_after)
             ppl_after = corpus_perplexity(tuned, tokenizer, corpus_val, context, cfg.eval_tokens)
     if seq2seq:
         quality = {f"{name}_{when}{'' if f == 'all' else '_' + f}": v
@@ -105,6 +106,7 @@ def run(cfg: FinetuneConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
         **{f"best_{k}": v for k, v in best.items()},
     }
     tracking.log_metrics(ctx.tracking_uri, ctx.run_id, metrics)
+    tracking.set_tags(ctx.tracking_uri, ctx.run_id, reuse_tags(before=memo_before, after=memo_after))
     tracking.log_dict(ctx.tracking_uri, ctx.run_id, {"before": before, "after": after}, "exact_match_by_family.json")
     if cfg.sweep is None:
         plot_curves(ctx)

@@ -12,7 +12,6 @@ from components import storage, tracking, training
 from components.artifact import Artifact, StepContext
 from components.core.metrics import exact_match
 from components.core.ppo import pack
-from components.core.sft import greedy_answers
 from components.core.verifiers import load_reward_function
 from components.data.instructions import FAMILIES, OPT_IN_FAMILIES, Example, generate_tasks, read_examples_jsonl, spread
 from components.grpo import loop
@@ -20,6 +19,7 @@ from components.grpo.config import REWARD_MODEL_TERM, GRPOConfig
 from components.grpo.roles import Learner, Rollout
 from components.report import plot_curves
 from components.rlhf.roles import Reference, Reward
+from components.scoring import AnswerMemo, greedy, reuse_tags
 
 
 def check(cfg: GRPOConfig) -> GRPOConfig:
@@ -78,10 +78,10 @@ def paired(before: list[bool], after: list[bool]) -> dict[str, float]:
             "exact_match_fixed": float((diff > 0).mean()), "exact_match_broken": float((diff < 0).mean())}
 
 
-def hits(model_dir, tokenizer, examples: list[Example], max_new_tokens: int) -> list[bool]:
-    """Greedy answer of the model at model_dir to each example, exact or not."""
+def hits(model_dir, tokenizer, examples: list[Example], max_new_tokens: int, memo: AnswerMemo | None = None) -> list[bool]:
+    """Greedy answer of the model at model_dir to each example, exact or not (`memo`: its kept answers)."""
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    answers = greedy_answers(model, tokenizer, [e.prompt for e in examples], max_new_tokens)
+    answers = greedy(model, tokenizer, [e.prompt for e in examples], max_new_tokens, memo)
     return [exact_match(a, e.response) for a, e in zip(answers, examples)]
 
 
@@ -122,8 +122,9 @@ def run(cfg: GRPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artif
     data = [{"ids": encode(e.prompt), "prompt": e.prompt, "reference": e.response, "family": e.family}
             for e in training_examples(cfg, splits["train"], instructions)]
     test = spread(splits["test"], cfg.test_examples)
+    memo = AnswerMemo.of(base.cache_key, ctx.storage_path, ctx.step)
     with ctx.timed("score_before"):
-        before = hits(base.path, tokenizer, test, cfg.eval_max_new_tokens)
+        before = hits(base.path, tokenizer, test, cfg.eval_max_new_tokens, memo)
 
     with_reward = REWARD_MODEL_TERM in cfg.rewards
     rollouts = rollout_count(cfg, ray.cluster_resources().get("CPU", 0), with_reward)
@@ -181,6 +182,7 @@ def run(cfg: GRPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artif
         "generation_share": split["generation_s"] / max(sum(split.values()), 1e-9),
     }
     tracking.log_metrics(ctx.tracking_uri, ctx.run_id, metrics)
+    tracking.set_tags(ctx.tracking_uri, ctx.run_id, reuse_tags(before=memo))
     tracking.log_dict(ctx.tracking_uri, ctx.run_id, history, "grpo_iterations.json")
     terms = tuple(f"reward_{n.replace(':', '.')}" for n in cfg.rewards)
     plot_curves(ctx, keys=("reward", *terms, "kl_response", "equal_reward_groups"), ylabel="reward / KL (nats) / share",

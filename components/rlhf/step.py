@@ -26,7 +26,7 @@ from components.rlhf import ppo_loop
 from components.rlhf.config import DPOConfig, PPOConfig, RewardConfig
 from components.rlhf.pairwise_loop import build_reward_model, pairwise_loop
 from components.rlhf.roles import Policy, Reference, Reward, Value
-from components.scoring import exact_match_by_family
+from components.scoring import AnswerMemo, exact_match_by_family, reuse_tags
 
 # --- shared -------------------------------------------------------------------------------
 
@@ -145,9 +145,11 @@ def run_dpo(cfg: DPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Ar
     test = pairs["test"][: cfg.test_pairs]
     examples = _examples(pairs["test"])[: cfg.test_pairs]
 
+    memos = {"before": AnswerMemo.of(base.cache_key, ctx.storage_path, ctx.step), "after": AnswerMemo.of(ctx.cache_key, ctx.storage_path, ctx.step)}
+
     def judge(model, suffix: str) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
         chosen, rejected = score_pairs(model, tokenizer, test)
-        em = exact_match_by_family(model, tokenizer, examples, cfg.max_new_tokens)
+        em = exact_match_by_family(model, tokenizer, examples, cfg.max_new_tokens, memos[suffix])
         scores = {**_by_kind(list(chosen > rejected), test, f"preference_accuracy_{suffix}"),
                   f"exact_match_{suffix}": em["all"], f"chosen_logprob_{suffix}": float(np.mean(chosen))}
         return scores, chosen, rejected
@@ -172,6 +174,7 @@ def run_dpo(cfg: DPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Ar
     metrics = {**before, **after, "reward_accuracy_after": float(np.mean(wins)),
                "reward_accuracy_after_se": float(np.std(wins) / np.sqrt(len(wins)))}
     tracking.log_metrics(ctx.tracking_uri, ctx.run_id, metrics)
+    tracking.set_tags(ctx.tracking_uri, ctx.run_id, reuse_tags(**memos))
     plot_curves(ctx, keys=("loss", "test_loss"), ylabel=f"{cfg.loss} loss")
     headline = (f"preference accuracy {before['preference_accuracy_before']:.0%} -> {after['preference_accuracy_after']:.0%} "
                 f"(log-ratio {metrics['reward_accuracy_after']:.0%}), "

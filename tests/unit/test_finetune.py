@@ -14,6 +14,7 @@ from components.data.config import TokenizerConfig
 from components.data.instructions import generate_tasks
 from components.data.tokenizer import train_bpe
 from components.finetune.config import FinetuneConfig
+from components.scoring import AnswerMemo, reuse_tags
 from workflows.spec import SpecError, load_spec
 
 
@@ -198,3 +199,22 @@ def test_merged_export_loads_as_a_plain_model(tokenizer, tmp_path):
     model.merge_and_unload().save_pretrained(tmp_path / "m")
     assert (tmp_path / "m" / "model.safetensors").exists()
     assert not isinstance(AutoModelForCausalLM.from_pretrained(tmp_path / "m"), peft.PeftModel)
+
+
+def test_an_answer_memo_answers_each_prompt_once_per_model(tokenizer, tmp_path):
+    model = tiny_model(tokenizer)
+    prompts = [e.prompt for e in generate_tasks(5, seed=3, families=["add", "copy_field"])]
+    first = AnswerMemo.of("model-key", str(tmp_path), "finetune")
+    assert first.answers(model, tokenizer, prompts, 8) == greedy_answers(model, tokenizer, prompts, 8)
+    assert first.reused == {}
+    # Another step, a shorter budget: served from the kept answers (the model is never called).
+    second = AnswerMemo.of("model-key", str(tmp_path), "dpo")
+    assert second.answers(None, tokenizer, prompts, 5) == greedy_answers(model, tokenizer, prompts, 5)
+    assert second.reused == {"finetune": len(prompts)} and reuse_tags(before=second) == {"lifecycle.answers_before": f"{len(prompts)} from finetune"}
+    # A longer budget is generated again, except an answer that ended at eos within its budget.
+    (tmp_path / "answers" / "model-key" / "x.jsonl").write_text(json.dumps({"prompt": "p", "ids": [5, 6], "budget": 8, "step": "eval"}) + "\n")
+    third = AnswerMemo.of("model-key", str(tmp_path), "grpo")
+    assert third.answers(model, tokenizer, [*prompts, "p"], 12) == [*greedy_answers(model, tokenizer, prompts, 12), tokenizer.decode([5, 6])]
+    assert third.reused == {"eval": 1}
+    # Another model's answers are its own.
+    assert AnswerMemo.of("other-key", str(tmp_path), "dpo").answers(model, tokenizer, ["p"], 4) != [tokenizer.decode([5, 6])]
