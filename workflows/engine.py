@@ -105,7 +105,7 @@ def execute_step(job: dict[str, Any], board, *upstream: Artifact) -> Artifact:
         cfg = load(phase.config).model_validate(job["config"])
         artifact = load(phase.run)(cfg, inputs, ctx)
         seconds = {"step": time.perf_counter() - started, **ctx.seconds}
-        tracking.log_metrics(uri, run_id, {f"seconds_{part}": round(s, 2) for part, s in seconds.items()})
+        tracking.log_metrics(uri, run_id, {f"seconds_{part}": s for part, s in seconds.items()})
         # Only a complete artifact takes the final name; a crash leaves just the scratch dir.
         has_adapter = (scratch / "adapter").is_dir()
         if storage.is_remote(final):
