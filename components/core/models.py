@@ -1,5 +1,9 @@
 """Transformers built from a config, no hub download ever, in the three families of the source
-document: causal decoders (GPT-2, Llama), masked encoders (BERT) and encoder-decoders (T5)."""
+document: causal decoders (GPT-2, Llama), masked encoders (BERT) and encoder-decoders (T5).
+
+The helpers that read a model (family_of, transformer_blocks, context_length, auto_class) also take
+any architecture transformers ships, as a user's pretrained checkpoint brings it: they ask the
+model and transformers' own registries, not a list of names."""
 
 from __future__ import annotations
 
@@ -95,12 +99,35 @@ def sentinel_ids(tokenizer) -> list[int]:
     return ids
 
 
+# Heads that name an encoder's task; a decoder can carry some of them too (GPT2ForSequenceClassification, a
+# reward model), so a head alone decides only for a model_type transformers does not know.
+ENCODER_HEADS = ("ForMaskedLM", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "ForMultipleChoice")
+DECODER_HEADS = ("ForCausalLM", "LMHeadModel")
+
+
 def family_of(model_or_config) -> Family:
-    """The family of a built or loaded model (or its config), from its model_type."""
+    """The family of a built or loaded model (or its config), for any architecture transformers ships.
+
+    - seq2seq: an encoder-decoder (`config.is_encoder_decoder`: T5, BART, ...).
+    - masked: an encoder-only type, i.e. one with a masked-LM class in transformers
+      (MODEL_FOR_MASKED_LM_MAPPING_NAMES: BERT, RoBERTa, DistilBERT, ...) not configured as a decoder,
+      under any head (its classifiers too). Decoder-only types (GPT-2, Llama, Qwen2, ...) have no
+      masked-LM class, so their classifiers (a reward model) stay causal. BERT and RoBERTa also have a
+      causal class (BertLMHeadModel), used only with `is_decoder=True` or a causal head in `architectures`.
+    - causal: everything else.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
     config = getattr(model_or_config, "config", model_or_config)
     if getattr(config, "is_encoder_decoder", False):
         return "seq2seq"
-    return "masked" if config.model_type in ("bert", "roberta", "distilbert") else "causal"
+    head = (getattr(config, "architectures", None) or [""])[0]
+    if getattr(config, "is_decoder", False) or head.endswith(DECODER_HEADS):
+        return "causal"
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "masked"
+    # A model_type transformers does not map (remote code): its masked-LM head is the only sure sign of an encoder.
+    return "masked" if head.endswith("ForMaskedLM") else "causal"
 
 
 def build_causal_lm(cfg: ModelConfig, vocab_size: int, bos_id: int, eos_id: int, pad_id: int, seed: int = 0) -> PreTrainedModel:
@@ -126,9 +153,42 @@ def build_causal_lm(cfg: ModelConfig, vocab_size: int, bos_id: int, eos_id: int,
 
 
 def transformer_blocks(model: PreTrainedModel) -> list[torch.nn.Module]:
-    """The repeated blocks of a GPT-2, Llama, BERT or T5 model (the units FSDP shards and checkpoints)."""
+    """The repeated blocks of a model, in module order (the units FSDP shards and checkpoints,
+    and the layers a student keeps); an encoder-decoder lists its encoder's blocks, then its decoder's.
+
+    Found from the model itself: the modules whose class is named in its `_no_split_modules` (the
+    layer classes transformers keeps whole on one device) and that sit directly in a ModuleList
+    (that list holds embeddings or attention sub-modules in a few models; they are not blocks).
+    Models without `_no_split_modules` (BERT, RoBERTa) fall back to the known attribute layouts.
+    """
     if hasattr(model, "get_base_model"):  # a peft wrapper
         model = model.get_base_model()
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    if names:
+        blocks = [m for m in _list_items(model) if any(c.__name__ in names for c in type(m).__mro__)]  # mro: FSDP renames the class
+        if blocks:
+            return blocks
+    return _blocks_by_attribute(model)
+
+
+def _list_items(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every direct item of every ModuleList in the model, in module order, not descending into
+    an item (a block's own sub-lists are not blocks)."""
+    items: list[torch.nn.Module] = []
+
+    def walk(module: torch.nn.Module) -> None:
+        for child in module.children():
+            if isinstance(child, torch.nn.ModuleList):
+                items.extend(child)
+            else:
+                walk(child)
+
+    walk(model)
+    return items
+
+
+def _blocks_by_attribute(model: PreTrainedModel) -> list[torch.nn.Module]:
+    """GPT-2's h, BERT's encoder.layer, T5's encoder and decoder blocks, else Llama's layers."""
     base = model.base_model  # the bare transformer under any task head (T5: the model itself)
     if hasattr(base, "h"):  # GPT-2
         return list(base.h)
@@ -136,6 +196,9 @@ def transformer_blocks(model: PreTrainedModel) -> list[torch.nn.Module]:
         return list(base.encoder.layer)
     if hasattr(base, "decoder") and hasattr(base.decoder, "block"):  # T5
         return list(base.encoder.block) + list(base.decoder.block)
+    if not hasattr(base, "layers"):
+        raise ValueError(f"cannot find the transformer blocks of this {model.config.model_type} model: it names no "
+                         "_no_split_modules and has none of h, encoder.layer, block, layers")
     return list(base.layers)
 
 
@@ -145,10 +208,28 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
     return sum(p.numel() for p in seen.values())
 
 
+# T5 (relative positions) and state-space models set no limit; T5 was trained on 512 tokens, and callers only
+# truncate to this, so the conservative bound costs context, never a crash.
+UNBOUNDED_CONTEXT = 512
+_CONTEXT_FIELDS = ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length", "seq_length")
+
+
 def context_length(model) -> int:
-    """The context window in tokens of a model or its config (GPT-2's and T5's n_positions, others' max_position_embeddings)."""
+    """The context window in tokens of a model or its config: the first of n_positions (GPT-2; the
+    lifecycle's own T5), max_position_embeddings (most), n_ctx, max_sequence_length, seq_length
+    that is set, else UNBOUNDED_CONTEXT (512) for models without absolute positions (a hub T5).
+
+    A RoBERTa-style model numbers its positions from padding_idx + 1, so given the model (not only
+    its config) those padding_idx + 1 slots are taken off (roberta-base: 514 -> 512).
+    """
     config = getattr(model, "config", model)
-    return getattr(config, "n_positions", None) or config.max_position_embeddings
+    if hasattr(config, "get_text_config"):  # a multimodal config: the language model's window
+        config = config.get_text_config()
+    limit = next((v for v in (getattr(config, f, None) for f in _CONTEXT_FIELDS) if v), UNBOUNDED_CONTEXT)
+    embeddings = getattr(getattr(model, "base_model", None), "embeddings", None)
+    if hasattr(embeddings, "create_position_ids_from_input_ids") and getattr(embeddings, "padding_idx", None) is not None:
+        return limit - (embeddings.padding_idx + 1)  # positions padding_idx + 1 .. limit - 1
+    return limit
 
 
 def load_trained(model_dir) -> PreTrainedModel:
@@ -171,15 +252,15 @@ def load_trained(model_dir) -> PreTrainedModel:
 
 def auto_class(model_dir):
     """The transformers Auto class that loads the model saved in `model_dir`: AutoModelForSeq2SeqLM
-    for an encoder-decoder (T5); for an encoder, its classification head's class (or the masked-LM
-    head of a bare pretrained one); else AutoModelForCausalLM."""
+    for an encoder-decoder (T5, BART); for an encoder (BERT, RoBERTa), its task head's class (or the
+    masked-LM head of a bare pretrained one); else AutoModelForCausalLM."""
     config = AutoConfig.from_pretrained(model_dir)
     family = family_of(config)
     if family == "seq2seq":
         return transformers.AutoModelForSeq2SeqLM
     if family == "masked":
         head = (config.architectures or [""])[0]
-        for suffix in ("ForSequenceClassification", "ForTokenClassification"):
+        for suffix in ENCODER_HEADS[1:]:  # the task heads; a masked-LM or bare encoder gets the masked-LM head
             if head.endswith(suffix):
                 return getattr(transformers, f"AutoModel{suffix}")
         return transformers.AutoModelForMaskedLM
