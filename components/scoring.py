@@ -27,7 +27,9 @@ class AnswerMemo:
     under the run's storage; each scoring writes its own file (steps on parallel branches never
     write one file). A stored answer serves any budget up to the one it was generated with, and
     any budget at all when it ended at eos first (greedy decoding is a prefix property).
-    `reused` counts the answers served from another step, by that step's name.
+    `reused` counts the answers served from another step, by that step's name. Rows are keyed by the
+    Alpaca prompt; `greedy_answer_ids` renders it (a pretrained model's chat template, core/chat.py),
+    and the rendering depends only on the model's tokenizer, which the cache key covers.
     """
 
     folder: Path | None  # None: nothing kept (storage in an object store)

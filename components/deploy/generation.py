@@ -1,7 +1,9 @@
 """Text generation for the server: batched `model.generate` per sampling setting, stop strings, token usage.
 
 Pure torch + transformers (no Ray): the Serve deployment groups the requests of a dynamic batch
-by `Params` and makes one `generate` call per group.
+by `Params` and makes one `generate` call per group. An answer ends at the first stop token: the
+tokenizer's eos or any eos of the model's generation config (`core.chat.stop_token_ids`), so a
+pretrained chat model stops at its end of turn (Llama-3-Instruct's <|eot_id|>, Gemma's <end_of_turn>).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+
+from components.core.chat import cut_at_first, stop_token_ids
 
 
 @dataclass(frozen=True)
@@ -36,8 +40,10 @@ def count_tokens(tokenizer, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _sampling(params: Params, tokenizer) -> dict:
-    kwargs = {"max_new_tokens": params.max_tokens, "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+def _sampling(params: Params, tokenizer, stops: list[int]) -> dict:
+    # A single stop id goes as an int, as before (the project's models): the same generate call.
+    kwargs = {"max_new_tokens": params.max_tokens, "pad_token_id": tokenizer.pad_token_id,
+              "eos_token_id": stops[0] if len(stops) == 1 else stops}
     if params.temperature == 0:
         return {**kwargs, "do_sample": False}
     return {**kwargs, "do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
@@ -83,6 +89,7 @@ def generate(model, tokenizer, prompts: list[str], params: Params) -> list[Compl
     token, not the prompt.
     """
     seq2seq = is_seq2seq(model)
+    stops = stop_token_ids(model, tokenizer)
     encoded = [prompt_ids(tokenizer, p, seq2seq) for p in prompts]
     width = max(map(len, encoded))
     device = next(model.parameters()).device
@@ -94,18 +101,17 @@ def generate(model, tokenizer, prompts: list[str], params: Params) -> list[Compl
     mask = torch.tensor([padded([1] * len(e), 0) for e in encoded], device=device)
     if params.seed is not None:
         torch.manual_seed(params.seed)
-    out = model.generate(input_ids=ids, attention_mask=mask, **_sampling(params, tokenizer))
+    out = model.generate(input_ids=ids, attention_mask=mask, **_sampling(params, tokenizer, stops))
     completions = []
     for fed, row in zip(encoded, out[:, 1 if seq2seq else width:].tolist()):
-        finish = "length"
-        if tokenizer.eos_token_id in row:
-            row, finish = row[: row.index(tokenizer.eos_token_id)], "stop"
+        row, ended = cut_at_first(row, stops)
+        finish = "stop" if ended else "length"
         text = tokenizer.decode(row, skip_special_tokens=True)
         text, stopped = cut_at_stop(text, params.stop)
         if stopped:
             finish, generated = "stop", count_tokens(tokenizer, text)
         else:
-            generated = len(row) + (finish == "stop")  # the eos counts as generated
+            generated = len(row) + (finish == "stop")  # the stop token counts as generated
         completions.append(Completion(text, finish, len(fed), generated))
     return completions
 
@@ -118,16 +124,32 @@ def stream(model, tokenizer, prompt: str, params: Params) -> Iterator[tuple[str,
         def __call__(self, input_ids, scores, **kwargs):
             return cancel.is_set()
 
+    class UntilStop(TextIteratorStreamer):
+        """Decodes the answer's tokens before the first stop id: a stop token that is not a special token
+        (skip_special_tokens would drop those) never reaches the text. `stopped`: one was generated."""
+
+        stopped = False
+
+        def put(self, value):
+            if self.next_tokens_are_prompt:  # the prompt's ids may hold stop ids of earlier turns
+                return super().put(value)
+            if self.stopped:
+                return
+            kept, self.stopped = cut_at_first(value.reshape(-1).tolist(), stops)
+            if kept:
+                super().put(torch.tensor(kept))
+
     cancel = threading.Event()
+    stops = stop_token_ids(model, tokenizer)
     ids = torch.tensor([prompt_ids(tokenizer, prompt, is_seq2seq(model))], device=next(model.parameters()).device)
     # skip_prompt skips generate's first output: the prompt, or an encoder-decoder's start token.
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
+    streamer = UntilStop(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
     if params.seed is not None:
         torch.manual_seed(params.seed)
     worker = threading.Thread(
         target=model.generate, daemon=True,
         kwargs={"input_ids": ids, "attention_mask": torch.ones_like(ids), "streamer": streamer,
-                "stopping_criteria": StoppingCriteriaList([Cancelled()]), **_sampling(params, tokenizer)},
+                "stopping_criteria": StoppingCriteriaList([Cancelled()]), **_sampling(params, tokenizer, stops)},
     )
     worker.start()
     sent, text, exhausted = 0, "", False
@@ -146,7 +168,7 @@ def stream(model, tokenizer, prompt: str, params: Params) -> Iterator[tuple[str,
         exhausted = True
         if len(text) > sent:
             yield text[sent:], None
-        yield "", "length" if count_tokens(tokenizer, text) >= params.max_tokens else "stop"
+        yield "", "stop" if streamer.stopped or count_tokens(tokenizer, text) < params.max_tokens else "length"
     finally:
         cancel.set()
         if not exhausted:  # let generate finish its step and end the stream

@@ -5,7 +5,7 @@ A work item is one row of a pandas DataFrame batch:
 
     id       int        position in the request list
     kind     str        "nll": score `tokens` with a sliding window; "generate": answer `text`
-                        greedily; "choice": log-likelihood of each of `options` after `text`
+                        greedily (rendered as in fine-tuning: core/chat.py); "choice": log-likelihood of each of `options` after `text`
     text     str        prompt or context ("" for nll)
     options  list[str]  continuations ([] unless choice)
     tokens   list[int]  token ids ([] unless nll)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import ray
 from ray.util.placement_group import remove_placement_group
@@ -10,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components import storage, tracking, training
 from components.artifact import Artifact, StepContext
+from components.core.chat import prompt_ids
 from components.core.metrics import exact_match
 from components.core.ppo import pack
 from components.core.verifiers import load_reward_function
@@ -22,7 +25,7 @@ from components.rlhf.roles import Reference, Reward
 from components.scoring import AnswerMemo, greedy, reuse_tags
 
 
-def check(cfg: GRPOConfig) -> GRPOConfig:
+def check(cfg: GRPOConfig, workdir: Path | None = None) -> GRPOConfig:
     """Before Ray starts: every `module:function` reward term imports and takes the reward arguments."""
     for name in cfg.user_functions:
         try:
@@ -118,8 +121,9 @@ def run(cfg: GRPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artif
         tracking.log_dataset(ctx.tracking_uri, ctx.run_id, f"{name}/{split}", str(instructions.metrics.get(f"digest_{split}", "")),
                              instructions.uri, split, {"examples": len(splits[split])})
     tokenizer = AutoTokenizer.from_pretrained(base.path)
-    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    data = [{"ids": encode(e.prompt), "prompt": e.prompt, "reference": e.response, "family": e.family}
+    # The policy samples from the prompt as fine-tuning showed it (a chat template's rendering for a pretrained
+    # chat model, see core/chat.py); reward functions get the Alpaca prompt, whose instruction they parse.
+    data = [{"ids": prompt_ids(tokenizer, e.prompt), "prompt": e.prompt, "reference": e.response, "family": e.family}
             for e in training_examples(cfg, splits["train"], instructions)]
     test = spread(splits["test"], cfg.test_examples)
     memo = AnswerMemo.of(base.cache_key, ctx.storage_path, ctx.step)
@@ -156,7 +160,7 @@ def run(cfg: GRPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artif
                 ctx.progress({"restarts": attempt + 1})
 
         # KL paid on held-out prompts: one sampled completion each, log pi - log pi_ref summed over it.
-        test_ids = [encode(e.prompt) for e in test]
+        test_ids = [prompt_ids(tokenizer, e.prompt) for e in test]
         ray.get(actors["rollouts"][0].set_weights.remote(ray.get(actors["learner"].weights.remote())))
         sampled = ray.get(actors["rollouts"][0].generate.remote(test_ids, 1, cfg.max_new_tokens, cfg.temperature, cfg.seed))
         policy_lp, ref_lp = ray.get([actors["learner"].logprobs.remote(test_ids, sampled, cfg.temperature),
