@@ -282,7 +282,7 @@ def lineage(uri: str, ref: str) -> list[dict[str, Any]]:
     """Walk from a run id or ``models:/NAME/VERSION`` back through every upstream step.
 
     Returns one dict per step run, the given one first, then its inputs depth-first:
-    step, phase, run_id, status, cache_key, inputs, params, metrics, datasets, model.
+    step, phase, run_id, status, cache_key, inputs, params, metrics, datasets, model, checkpoint.
     """
     client = _client(uri)
     run_id = ref
@@ -311,6 +311,8 @@ def lineage(uri: str, ref: str) -> list[dict[str, Any]]:
                 "cache_key": tags.get(TAG + "cache_key", ""),
                 "inputs": inputs,
                 "model": tags.get(TAG + "registered_model", ""),
+                # A base step's source (revision pinned) and the digest of its weight files' digests.
+                "checkpoint": " ".join(filter(None, [tags.get(TAG + "base_source"), tags.get(TAG + "base_weights", "")[:16]])),
                 "params": dict(run.data.params),
                 "metrics": dict(run.data.metrics),
                 "datasets": [

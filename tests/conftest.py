@@ -25,6 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # which reads the mode once.
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+# Nothing downloads in tests: the hub client reads local caches only (an hf: base is tested through
+# a cache the test writes), and fails at once instead of retrying a network it cannot reach.
+os.environ["HF_HUB_OFFLINE"] = "1"
 # Serve's ingress as on a user's embedded Ray: HAProxy in front of the replicas, with its own files and ports.
 from components.deploy.ingress import free_port, local_ingress_env  # noqa: E402  (imports no ray)
 

@@ -16,9 +16,7 @@ from rich.console import Console
 
 from workflows import submit
 from workflows.plan import add_plan_parser, run_plan
-from workflows.spec import SpecError, load_spec
-
-DEFAULT_WORKDIR = os.environ.get("LIFECYCLE_WORKDIR", ".lifecycle")
+from workflows.spec import DEFAULT_WORKDIR, SpecError, load_spec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, console: Console) -> int:
-    resolved = load_spec(args.spec, args.overrides)  # before anything starts or is written
+    resolved = load_spec(args.spec, args.overrides, args.workdir)  # before anything starts or is written
     from workflows import engine
     from workflows.progress import Display, summary_table
 
@@ -212,10 +210,11 @@ def _lineage(args, console: Console) -> int:
         print(json.dumps(chain, indent=1))
         return 0
     table = Table(title=f"lineage of {args.ref}")
-    for col in ("step", "phase", "run id", "model", "datasets (digest)", "inputs"):
+    for col in ("step", "phase", "run id", "model", "datasets (digest) or checkpoint", "inputs"):
         table.add_column(col)
     for node in chain:
-        datasets = "\n".join(f"{d['name']} ({d['digest']})" for d in node["datasets"])
+        datasets = "\n".join([f"{d['name']} ({d['digest']})" for d in node["datasets"]]
+                             + ([f"checkpoint {node['checkpoint']}"] if node.get("checkpoint") else []))
         table.add_row(node["step"], node["phase"], node["run_id"], node["model"], datasets, ",".join(i[:8] for i in node["inputs"]))
     console.print(table)
     return 0

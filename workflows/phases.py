@@ -44,7 +44,7 @@ class Phase:
     needs: tuple[str, ...]  # artifact kinds it consumes, one upstream each; "kind?" is optional
     produces: str  # artifact kind it returns
     summary: str
-    check: str | None = None  # "module:function" run on the config before Ray starts
+    check: str | None = None  # "module:function" (cfg, workdir) -> cfg, run on the config before Ray starts
     cache: bool = True  # False: run every time (a live endpoint is not a file to reuse)
     # Model families (components/core/models.py) the phase applies to; None: it takes no model.
     families: tuple[str, ...] | None = ("causal",)
@@ -72,6 +72,12 @@ PHASES: dict[str, Phase] = {
         families=None, runner="ray_train",
         sizing=Sizing(cpu_offload="cpu_offload", precision="precision", checkpointing="activation_checkpointing", packed=True),
     ),
+    "base": Phase(
+        "components.base.config:BaseConfig", "components.base.step:run", (), "model",
+        "bring in a pretrained checkpoint (a local Hugging Face folder, hf:ORG/NAME[@REVISION] or a registered model): "
+        "safetensors only, revision pinned, every weight file's digest in the lineage",
+        check="components.base.step:check", families=None,
+    ),
     "instructions": Phase(
         "components.data.instructions:InstructionDataConfig", "components.data.step:run_instructions", (), "instructions",
         "generate or load instruction data; split train/validation/test by seeded hash",
@@ -81,7 +87,7 @@ PHASES: dict[str, Phase] = {
         "components.finetune.config:FinetuneConfig", "components.finetune.step:run", ("model", "instructions", "dataset"), "model",
         "instruction-tune a model (LoRA, prompt tuning, IA3, selective or full) with Ray Train; optional Ray Tune rank sweep",
         families=("causal", "seq2seq"), trains_weights=True, runner="ray_train",
-        sizing=Sizing(method="method", sweep="sweep"),
+        sizing=Sizing(method="method", sweep="sweep", seq="max_length"),
     ),
     "classify": Phase(
         "components.classify.config:ClassifyConfig", "components.classify.step:run", ("model",), "model",
@@ -97,7 +103,7 @@ PHASES: dict[str, Phase] = {
     "reward": Phase(
         "components.rlhf.config:RewardConfig", "components.rlhf.step:run_reward", ("model", "preferences"), "reward_model",
         "train a reward model (scalar head, Bradley-Terry loss) on preference pairs with Ray Train",
-        trains_weights=True, runner="ray_train", sizing=Sizing(pairs=True, vocab_logits=False),  # a scalar head: one logit per sequence
+        trains_weights=True, runner="ray_train", sizing=Sizing(pairs=True, vocab_logits=False, seq="max_length"),  # a scalar head: one logit per sequence
     ),
     "ppo": Phase(
         "components.rlhf.config:PPOConfig", "components.rlhf.step:run_ppo", ("model", "reward_model", "preferences"), "model",
@@ -108,7 +114,7 @@ PHASES: dict[str, Phase] = {
     "dpo": Phase(
         "components.rlhf.config:DPOConfig", "components.rlhf.step:run_dpo", ("model", "preferences"), "model",
         "align the model on preference pairs with DPO (or IPO) under Ray Train; no reward model, no sampling",
-        trains_weights=True, runner="ray_train", sizing=Sizing(pairs=True, method="method", reference=True),
+        trains_weights=True, runner="ray_train", sizing=Sizing(pairs=True, method="method", reference=True, seq="max_length"),
     ),
     "grpo": Phase(
         "components.grpo.config:GRPOConfig", "components.grpo.step:run", ("model", "instructions", "reward_model?"), "model",

@@ -75,6 +75,9 @@ def add_plan_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--address", metavar="ADDR",
                    help="with --spec: a running Ray cluster (http://HEAD:8265, HOST:6379, ray://HOST:10001, auto) "
                         "whose GPUs and CPUs to check against; never starts a local Ray")
+    p.add_argument("--workdir", default=None,
+                   help="with --spec: the run's working folder, whose hub cache (hf:) and registry (models:/) a base "
+                        "step's source is read from (default ./.lifecycle)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
     p.set_defaults(func=run_plan)
     return p

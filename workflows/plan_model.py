@@ -143,8 +143,15 @@ def _hf_config(block, path) -> dict:
 
 
 def spec_model(resolved, pretrain: str) -> tuple[memory.ModelSize, int, int]:
-    """(size, context length, vocab) of a pretrain step's model, at its tokenizer step's vocab_size."""
+    """(size, context length, vocab) of a pretrain step's model, at its tokenizer step's vocab_size,
+    or of a base step's checkpoint, from the config.json validation read (no weights loaded)."""
     cfg = resolved.configs[pretrain]
+    if resolved.spec.steps[pretrain].uses == "base":
+        from components.core.models import context_length
+
+        config = json.loads(cfg.resolved.config)
+        size = memory.count_params_from_config(config)
+        return size, context_length(_as_config(config)), int(config["vocab_size"])
     vocab = next((resolved.configs[n].vocab_size for n in resolved.spec.steps[pretrain].needs
                   if resolved.spec.steps[n].uses == "tokenizer"), None)
     size, hints = project_model(cfg.model.model_dump(), vocab, resolved.path)
@@ -152,3 +159,9 @@ def spec_model(resolved, pretrain: str) -> tuple[memory.ModelSize, int, int]:
 
     return size, hints["seq"], vocab or TokenizerConfig().vocab_size
 
+
+
+def _as_config(config: dict):
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(**config)

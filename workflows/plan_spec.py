@@ -45,7 +45,7 @@ def build_spec_plan(args: argparse.Namespace) -> dict:
     if args.gpus is not None and args.address:
         raise PlanError("give --gpus or --address, not both")
     try:
-        resolved = load_spec(args.spec, args.overrides)
+        resolved = load_spec(args.spec, args.overrides, getattr(args, "workdir", None))
     except SpecError as e:
         message = str(e)  # override syntax errors do not name the file; everything else does
         raise PlanError(message if str(args.spec) in message else f"{args.spec}: {message}") from None
@@ -166,7 +166,7 @@ def training_setup(uses: str, cfg, on_gpu: bool) -> dict | None:
 
 
 def upstream_pretrain(resolved, name: str) -> str:
-    """The pretrain step whose model ``name`` trains: itself, or the first one up its ``needs``
+    """The pretrain (or base) step whose model ``name`` trains: itself, or the first one up its ``needs``
     through steps that produce a model (finetune -> pretrain, reward -> finetune -> pretrain)."""
     seen, todo = set(), [name]
     while todo:
@@ -175,10 +175,10 @@ def upstream_pretrain(resolved, name: str) -> str:
             continue
         seen.add(step)
         spec = resolved.spec.steps[step]
-        if spec.uses == "pretrain":
+        if spec.uses in ("pretrain", "base"):
             return step
         todo += [n for n in spec.needs if PHASES[resolved.spec.steps[n].uses].produces in ("model", "reward_model")]
-    raise PlanError(f"{resolved.path}: step '{name}' trains a model that no pretrain step upstream builds")
+    raise PlanError(f"{resolved.path}: step '{name}' trains a model that no pretrain or base step upstream brings")
 
 
 def plan_step(name: str, uses: str, setup: dict, size: memory.ModelSize, seq: int, vocab: int, source: str,

@@ -29,6 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from workflows.phases import PHASES, load
 
+DEFAULT_WORKDIR = os.environ.get("LIFECYCLE_WORKDIR", ".lifecycle")  # everything a run writes, unless --workdir
+
 
 class SpecError(ValueError):
     """A spec that cannot run; the message names file, line, step and field."""
@@ -77,8 +79,11 @@ class Resolved:
         return hashlib.sha256(json.dumps(self.document, sort_keys=True).encode()).hexdigest()
 
 
-def load_spec(path: str | os.PathLike, overrides: list[str] = ()) -> Resolved:
-    """Read, override and validate a spec file completely; raises SpecError."""
+def load_spec(path: str | os.PathLike, overrides: list[str] = (), workdir: str | os.PathLike | None = None) -> Resolved:
+    """Read, override and validate a spec file completely; raises SpecError.
+
+    workdir: the working folder the run will use (default ./.lifecycle): a base step's hf: source
+    is looked up in its hub cache, a models:/ source in its registry."""
     path = str(path)
     try:
         text = Path(path).read_text()
@@ -94,7 +99,7 @@ def load_spec(path: str | os.PathLike, overrides: list[str] = ()) -> Resolved:
         raise SpecError(f"{path}: a spec is a mapping with 'name' and 'steps', got {type(document).__name__}")
     for item in overrides:
         apply_override(document, item, path)
-    return validate(document, path, text)
+    return validate(document, path, text, workdir)
 
 
 class _SpecLoader(yaml.SafeLoader):
@@ -164,7 +169,7 @@ def apply_override(document: dict, item: str, path: str = "<spec>") -> None:
     node[parts[-1]] = value
 
 
-def validate(document: dict, path: str, text: str = "") -> Resolved:
+def validate(document: dict, path: str, text: str = "", workdir: str | os.PathLike | None = None) -> Resolved:
     """Schema, phases, phase configs, needs, cycles and input kinds; raises SpecError."""
     lines = _key_lines(text)
     try:
@@ -187,9 +192,11 @@ def validate(document: dict, path: str, text: str = "") -> Resolved:
             raise SpecError(_explain(e, path, lines, where + ("with",), step=name)) from None
         if phase.check:
             try:
-                configs[name] = load(phase.check)(configs[name])
+                configs[name] = load(phase.check)(configs[name], Path(workdir or DEFAULT_WORKDIR))
             except ValueError as e:  # DataError names the file and line itself
-                raise SpecError(_at(path, lines, where, f"step '{name}': {e}")) from None
+                field = re.match(r"field '([\w.]+)'", str(e))  # the field's own line when the error names one
+                at = where + ("with", *field.group(1).split(".")) if field else where
+                raise SpecError(_at(path, lines, at, f"step '{name}': {e}")) from None
     try:
         order = list(TopologicalSorter({n: s.needs for n, s in spec.steps.items()}).static_order())
     except CycleError as e:
@@ -221,12 +228,15 @@ FAMILY_NAMES = {"causal": "a causal (decoder)", "masked": "a masked (encoder)", 
 
 
 def model_families(spec: WorkflowSpec, configs: dict[str, BaseModel], order: list[str]) -> dict[str, str]:
-    """The model family each step works on: set by pretrain's model.architecture, passed down every edge."""
+    """The model family each step works on: set by pretrain's model.architecture or by what a base
+    step's checkpoint is (its config.json, read by validation), passed down every edge."""
     family: dict[str, str] = {}
     for name in order:
         cfg = configs[name]
         if spec.steps[name].uses == "pretrain":
             family[name] = cfg.model.family
+        elif spec.steps[name].uses == "base":
+            family[name] = cfg.resolved.family
         else:
             upstream = [family[n] for n in spec.steps[name].needs if n in family]
             if upstream:
@@ -243,12 +253,12 @@ def _check_families(spec: WorkflowSpec, configs: dict[str, BaseModel], order: li
         if name not in family:
             continue
         if phase.families is not None and family[name] not in phase.families:
-            source = next(n for n in order if n in family and spec.steps[n].uses == "pretrain" and family[n] == family[name])
+            source = next(n for n in order if n in family and spec.steps[n].uses in ORIGINS and family[n] == family[name])
             applies = " and ".join(phase.families)
             raise SpecError(
                 _at(path, lines, ("steps", name, "uses"),
                     f"step '{name}' ({step.uses}) does not apply to {FAMILY_NAMES[family[name]]} model "
-                    f"(from '{source}', architecture {configs[source].model.architecture}): {step.uses} applies to {applies} models")
+                    f"(from '{source}', {_architecture(spec, configs, source)}): {step.uses} applies to {applies} models")
             )
         if (step.uses in ("distill", "prune", "quantize") and family[name] != "masked"
                 and not any(spec.steps[n].uses == "instructions" for n in step.needs)):
@@ -274,12 +284,22 @@ def _check_families(spec: WorkflowSpec, configs: dict[str, BaseModel], order: li
                                     "set sentinel_tokens (e.g. 32)"))
 
 
+ORIGINS = ("pretrain", "base")  # the phases a model starts from
+
+
+def _architecture(spec: WorkflowSpec, configs: dict[str, BaseModel], source: str) -> str:
+    cfg = configs[source]
+    if spec.steps[source].uses == "base":
+        return f"{cfg.resolved.architecture or cfg.resolved.model_type} from {cfg.source}"
+    return f"architecture {cfg.model.architecture}"
+
+
 def _classifier_source(spec: WorkflowSpec, name: str) -> str:
     """The classify (or pretrain) step whose model reaches step `name`, through any compression steps."""
     current = name
     while True:
         current = next(n for n in spec.steps[current].needs if PHASES[spec.steps[n].uses].produces == "model")
-        if spec.steps[current].uses in ("classify", "pretrain"):
+        if spec.steps[current].uses in ("classify", *ORIGINS):
             return current
 
 

@@ -27,7 +27,7 @@ from components.data.preferences import (
 from components.data.tokenizer import train_bpe
 
 
-def check_data(cfg: DataConfig) -> DataConfig:
+def check_data(cfg: DataConfig, workdir: Path | None = None) -> DataConfig:
     """Preflight before Ray starts: a local source must load cleanly; returns it with an absolute path.
 
     Raises DataError naming the file and line. Hub sources are checked when the step runs.
@@ -77,7 +77,7 @@ def run_tokenizer(cfg: TokenizerConfig, inputs: dict[str, Artifact], ctx: StepCo
     return Artifact(str(ctx.output_dir), "tokenizer", ctx.run_id, ctx.cache_key, metrics, headline)
 
 
-def check_instructions(cfg: InstructionDataConfig) -> InstructionDataConfig:
+def check_instructions(cfg: InstructionDataConfig, workdir: Path | None = None) -> InstructionDataConfig:
     """Preflight before Ray starts: a file source must parse (errors name file:line); path made absolute."""
     if cfg.source == "bundled":
         return cfg
@@ -111,7 +111,7 @@ def run_instructions(cfg: InstructionDataConfig, inputs: dict[str, Artifact], ct
     return Artifact(str(ctx.output_dir), "instructions", ctx.run_id, ctx.cache_key, metrics, headline)
 
 
-def check_preferences(cfg: PreferenceDataConfig) -> PreferenceDataConfig:
+def check_preferences(cfg: PreferenceDataConfig, workdir: Path | None = None) -> PreferenceDataConfig:
     """Preflight before Ray starts: a file source must load (errors name file:line); path made absolute."""
     if cfg.source == "bundled":
         return cfg

@@ -11,6 +11,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import ray
@@ -39,7 +40,7 @@ class Request:
     variant: str = ""  # "" (original prompt) or a perturbation kind
 
 
-def check(cfg: EvaluateConfig) -> EvaluateConfig:
+def check(cfg: EvaluateConfig, workdir: Path | None = None) -> EvaluateConfig:
     """Before Ray starts: benchmark files load, lm_eval is installed when tasks ask for it."""
     for task in cfg.benchmarks:
         path = cfg.benchmark_paths.get(task)

@@ -56,6 +56,10 @@ class FinetuneConfig(DeepSpeedTrainArgs):
         "eval_every", 100, "Validation loss on held-out instructions every N steps (and at the end; ASHA's rungs)."
     )
     checkpoint_every: int = DeepSpeedTrainArgs.default("checkpoint_every", 200)
+    max_length: int | None = Field(
+        None, ge=8, description="Longest prompt + response in tokens: a longer example is an error naming its line; "
+        "None: the model's context. `lifecycle plan` sizes activations at it (a 32k-context base tunes on short examples).",
+    )
     max_new_tokens: int = Field(24, ge=1, description="Greedy tokens generated per test prompt for exact match.")
     test_examples: int = Field(400, ge=1, description="Held-out test prompts scored for exact match, before and after "
                                "(fewer than the split: taken from every family in turn).")

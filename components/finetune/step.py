@@ -9,6 +9,7 @@ import numpy as np
 
 from components import tracking, training
 from components.artifact import Artifact, StepContext
+from components.core.chat import prompt_format
 from components.core.models import auto_class, context_length, family_of, load_trained, weights_bytes
 from components.core.peft_methods import trainable_parameters
 from components.core.sft import encode_split
@@ -34,7 +35,7 @@ def run(cfg: FinetuneConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     #    model (target modules exist), every example fits the context.
     model, tokenizer = build_model(str(base.path), cfg)
     trainable, total = trainable_parameters(model)
-    context = context_length(model)
+    context = min(context_length(model), cfg.max_length or context_length(model))
     seq2seq = family_of(model) == "seq2seq"
     if cfg.method == "prompt_tuning":
         context -= cfg.prompt_tuning.num_virtual_tokens
@@ -45,6 +46,7 @@ def run(cfg: FinetuneConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     pairs = {s: encode_split(instructions.path / f"{s}.jsonl", examples, tokenizer, context, seq2seq)
              for s, examples in splits.items() if s != "test"}
     _log_inputs(ctx, instructions_step, instructions, corpus_step, corpus)
+    _log_prompt_format(ctx, tokenizer, seq2seq)
     tracking.log_metrics(ctx.tracking_uri, ctx.run_id, {"trainable_params": trainable, "total_params": total, "trainable_share": trainable / total})
 
     # 2. The base model's scores: what fine-tuning must beat, and the forgetting baseline.
@@ -124,6 +126,15 @@ def _sizes(directory: Path) -> dict[str, float]:
     if adapter_bytes:
         sizes.update(adapter_bytes=float(adapter_bytes), adapter_share=adapter_bytes / model_bytes)
     return sizes
+
+
+def _log_prompt_format(ctx: StepContext, tokenizer, seq2seq: bool) -> None:
+    """Tag how prompts were shown to the model (core/chat.py); say so once when a causal model's tokenizer has no
+    chat template, since a pretrained checkpoint is then tuned on the project's Alpaca format, not its own."""
+    fmt = "alpaca (encoder-decoder)" if seq2seq else prompt_format(tokenizer)
+    if fmt == "alpaca, no chat template":
+        print(f"step '{ctx.step}': the model's tokenizer has no chat template; prompts keep the project's Alpaca format")
+    tracking.set_tags(ctx.tracking_uri, ctx.run_id, {"lifecycle.prompt_format": fmt})
 
 
 def _log_inputs(ctx: StepContext, instructions_step: str, instructions: Artifact, corpus_step: str, corpus: Artifact) -> None:

@@ -17,6 +17,10 @@ class PairwiseTraining(DeepSpeedTrainArgs):
     log_every: int = DeepSpeedTrainArgs.default("log_every", 20, "Report training loss and pair accuracy every N steps.")
     eval_every: int = DeepSpeedTrainArgs.default("eval_every", 100, "Held-out pair accuracy every N steps (and at the end).")
     test_pairs: int = Field(400, ge=1, description="Held-out pairs scored before and after training.")
+    max_length: int | None = Field(
+        None, ge=8, description="Longest prompt + answer in tokens: a longer pair is an error naming its line; None: the "
+        "model's context. `lifecycle plan` sizes activations at it.",
+    )
 
 
 class RewardConfig(PairwiseTraining):

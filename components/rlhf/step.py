@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 
 from components import storage, tracking, training
 from components.artifact import Artifact, StepContext
+from components.core.chat import answer_end_id, prompt_ids
 from components.core.metrics import exact_match
 from components.core.models import context_length
 from components.core.ppo import pack
@@ -42,11 +43,12 @@ def _inputs(inputs: dict[str, Artifact], ctx: StepContext) -> tuple[Artifact, di
     return model, pairs, prefs.path
 
 
-def _tokenized(inputs: dict[str, Artifact], ctx: StepContext):
+def _tokenized(inputs: dict[str, Artifact], ctx: StepContext, max_length: int | None):
     """(fine-tuned model, {train, test} pairs, its tokenizer, the pairs encoded by `_encode`)."""
     base, pairs, prefs_dir = _inputs(inputs, ctx)
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     context = context_length(AutoConfig.from_pretrained(base.path))
+    context = min(context, max_length or context)
     return base, pairs, tokenizer, {s: _encode(pairs[s], tokenizer, context, prefs_dir / f"{s}.jsonl") for s in pairs}
 
 
@@ -106,7 +108,7 @@ def _copy_export(export: Path, output_dir: Path) -> None:
 
 def run_reward(cfg: RewardConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
     """Train a reward model (scalar head on the fine-tuned model, Bradley-Terry loss); held-out pair accuracy before/after."""
-    base, pairs, tokenizer, encoded = _tokenized(inputs, ctx)
+    base, pairs, tokenizer, encoded = _tokenized(inputs, ctx, cfg.max_length)
     test = pairs["test"][: cfg.test_pairs]
 
     def judge(model, suffix: str) -> dict[str, float]:
@@ -141,7 +143,7 @@ def run_reward(cfg: RewardConfig, inputs: dict[str, Artifact], ctx: StepContext)
 
 def run_dpo(cfg: DPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
     """DPO (or IPO) of the fine-tuned model on preference pairs; preference accuracy and exact match before/after."""
-    base, pairs, tokenizer, encoded = _tokenized(inputs, ctx)
+    base, pairs, tokenizer, encoded = _tokenized(inputs, ctx, cfg.max_length)
     test = pairs["test"][: cfg.test_pairs]
     examples = _examples(pairs["test"])[: cfg.test_pairs]
 
@@ -217,13 +219,15 @@ def run_ppo(cfg: PPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Ar
     base, pairs, _ = _inputs(inputs, ctx)
     reward_model = next(a for a in inputs.values() if a.kind == "reward_model")
     tokenizer = AutoTokenizer.from_pretrained(base.path)
+    # Prompts rendered as the policy and the reward model were trained on them (encode_pair: a chat
+    # template's user turn and assistant header for a pretrained chat model); answers as they are.
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    prompts = [encode(p) for p in dict.fromkeys(p.prompt for p in pairs["train"])]
+    prompts = [prompt_ids(tokenizer, p) for p in dict.fromkeys(p.prompt for p in pairs["train"])]
     # PPO-ptx's demonstrations: each training prompt with its preferred answer (the fine-tuning target).
-    demos = [(encode(prompt), encode(chosen) + [tokenizer.eos_token_id])
+    demos = [(prompt_ids(tokenizer, prompt), encode(chosen) + [answer_end_id(tokenizer)])
              for prompt, chosen in {p.prompt: p.chosen for p in pairs["train"]}.items()]
     examples = _examples(pairs["test"])[: cfg.test_prompts]
-    test_prompts = [encode(e.prompt) for e in examples]
+    test_prompts = [prompt_ids(tokenizer, e.prompt) for e in examples]
 
     # The four roles, packed together when they fit (one node if possible).
     bundle = {"CPU": cfg.cpus_per_role, **({"GPU": cfg.gpus_per_role} if cfg.gpus_per_role else {})}

@@ -1,0 +1,1 @@
+"""The base phase: bring in a pretrained Hugging Face checkpoint as the lifecycle's model."""
