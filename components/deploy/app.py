@@ -39,7 +39,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
-from components.core.models import context_length
+from components.core.models import context_length, load_trained
 from components.deploy import api, classify, kinds
 from components.deploy.config import DeployConfig
 from components.deploy.generation import (
@@ -322,7 +322,9 @@ class OpenAIServer:
         self.name, self.metadata = model["id"], model.get("metadata", {})
         path = localize(model["path"])  # a copy on this node when the run's storage is an object store
         self.kind = kinds.kind_at(path)
-        self.model = kinds.auto_class(self.kind).from_pretrained(path).eval()  # safetensors only
+        # As every phase loads a lifecycle model (safetensors only): a quantized one is rebuilt from its integer
+        # weights, which from_pretrained would leave as fresh random layers, and a prompt-tuned one keeps its prompt.
+        self.model = load_trained(path)
         self.labels = kinds.labels(self.model) if self.kind in kinds.CLASSIFIERS else None
         if self.cfg.gpus_per_replica > 0 and torch.cuda.is_available():
             self.model.to("cuda")
