@@ -143,7 +143,9 @@ def _serve(args, console: Console) -> int:
     from components.deploy.step import rag_url, start
     from workflows.engine import start_ray
 
-    started = start_ray(args.address)
+    # start_ray says whether this process connected; only a Ray it started itself (no --address) is its own
+    # to hold and stop: on a cluster the endpoint stays up for everyone after the command returns.
+    started = start_ray(args.address) and not args.address
     url = start(cfg, model, adapters)
     meta = model["metadata"]
     rag = rag_url(cfg)
