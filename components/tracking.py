@@ -288,11 +288,10 @@ def lineage(uri: str, ref: str) -> list[dict[str, Any]]:
     run_id = ref
     if ref.startswith("models:/"):
         name, _, version = ref.removeprefix("models:/").partition("/")
-        if version.startswith("@") or not version:
-            mv = client.get_model_version_by_alias(name, version.lstrip("@") or "serving")
-        else:
-            mv = client.get_model_version(name, version)
-        run_id = mv.run_id
+        if version.startswith("@") or not version and "@" not in name:  # models:/NAME/@ALIAS, models:/NAME
+            run_id = client.get_model_version_by_alias(name, version.lstrip("@") or "serving").run_id
+        else:  # models:/NAME/VERSION or MLflow's own models:/NAME@ALIAS
+            run_id = resolve_model(uri, ref)["run_id"]
     chain, seen, todo = [], set(), [run_id]
     while todo:
         rid = todo.pop(0)
