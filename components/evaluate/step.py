@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoTokenizer
 from components import tracking
 from components.artifact import Artifact, StepContext
 from components.core import metrics as M
+from components.core.chat import answer_end_id, render_prompt
 from components.core.models import family_of, weights_bytes
 from components.data.benchmarks import Item, bundled_path, load_benchmark, perturb
 from components.data.corpus import DataError, read_jsonl
@@ -88,8 +89,9 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     if instructions is not None:
         for example in spread(read_examples_jsonl(instructions.path / "test.jsonl"), cfg.test_examples):
             add(Request("instructions", example=example), "generate", example.prompt)
-            if not generate_only:
-                add(Request("response", example=example), "choice", example.prompt, [example.response + tokenizer.eos_token])
+            if not generate_only:  # the reference answer as fine-tuning showed it: after the rendered prompt, to its end token
+                end = tokenizer.convert_ids_to_tokens(answer_end_id(tokenizer))
+                add(Request("response", example=example), "choice", render_prompt(tokenizer, example.prompt), [example.response + end])
     for task in [] if generate_only else cfg.benchmarks:
         for item in load_benchmark(task, cfg.benchmark_paths.get(task), limit=cfg.benchmark_limit):
             add(Request("benchmark", item=item), "choice", item.context, item.options)
