@@ -13,7 +13,8 @@ from components.train_args import DeepSpeedTrainArgs, TrainArgs
 REQUIRED = {ClassifyConfig: {"task": "sst2"}}
 
 # Each phase's defaults as they stood before TrainArgs (commit 50a86c1: `Config().model_dump()`, nested blocks
-# left out), plus the student's eval_every; TrainArgs must not move any of them.
+# left out), plus the student's eval_every and max_length (issue 29: None keeps the model's context, as before);
+# TrainArgs must not move any of them.
 DEFAULTS = {
     PretrainConfig: {
         "activation_checkpointing": "auto", "checkpoint_every": 100, "cpu_offload": False, "eval_every": 100,
@@ -25,7 +26,7 @@ DEFAULTS = {
         "checkpoint_every": 200, "eval_every": 100, "eval_tokens": 20000, "grad_clip": 1.0, "log_every": 20,
         "lr": 0.01, "max_failures": 3, "max_new_tokens": 24, "max_steps": 600, "method": "lora",
         "micro_batch_size": 16, "replay_fraction": 0.0, "seed": 0, "strategy": "fsdp", "sweep": None,
-        "test_examples": 400, "warmup_steps": 20, "weight_decay": 0.0, "zero_stage": 2,
+        "test_examples": 400, "warmup_steps": 20, "weight_decay": 0.0, "zero_stage": 2, "max_length": None,
     },
     ClassifyConfig: {
         "baseline": False, "checkpoint_every": 100, "data_seed": 1, "eval_every": 50, "grad_clip": 1.0,
@@ -37,13 +38,13 @@ DEFAULTS = {
     RewardConfig: {
         "checkpoint_every": 100, "eval_every": 100, "grad_clip": 1.0, "log_every": 20, "lr": 0.001,
         "max_failures": 3, "max_steps": 200, "micro_batch_size": 16, "seed": 0, "strategy": "fsdp",
-        "test_pairs": 400, "warmup_steps": 10, "weight_decay": 0.0, "zero_stage": 2,
+        "test_pairs": 400, "warmup_steps": 10, "weight_decay": 0.0, "zero_stage": 2, "max_length": None,
     },
     DPOConfig: {
         "beta": 0.1, "checkpoint_every": 100, "eval_every": 100, "grad_clip": 1.0, "log_every": 20,
         "loss": "sigmoid", "lr": 0.002, "max_failures": 3, "max_new_tokens": 24, "max_steps": 200, "method": "lora",
         "micro_batch_size": 16, "nll_weight": 0.0, "seed": 0, "strategy": "fsdp", "test_pairs": 400,
-        "warmup_steps": 10, "weight_decay": 0.0, "zero_stage": 2,
+        "warmup_steps": 10, "weight_decay": 0.0, "zero_stage": 2, "max_length": None,
     },
     StudentTraining: {
         "alpha": 0.5, "checkpoint_every": 100, "eval_every": 100, "grad_clip": 1.0, "log_every": 20, "lr": 0.003,
