@@ -21,7 +21,7 @@ export RAY_TMPDIR
 trap 'rm -rf "$RAY_TMPDIR"' EXIT
 
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(train sweep workflow serve compress)
+[ ${#names[@]} -gt 0 ] || names=(train lora sweep workflow serve compress)
 start=$SECONDS
 times=()
 for name in "${names[@]}"; do
@@ -30,11 +30,12 @@ for name in "${names[@]}"; do
   case $name in
     train)    cmd=("$PY" benchmarks/train_bench.py) ;;
     sweep)    cmd=("$PY" benchmarks/sweep_bench.py) ;;
+    lora)     cmd=("$PY" benchmarks/lora_bench.py) ;;
     workflow) cmd=("$PY" benchmarks/workflow_bench.py) ;;
     serve)    cmd=("$PY" benchmarks/report.py capture serve_bench -- "$PY" benchmarks/serve_bench.py) ;;
     compress) cmd=("$PY" benchmarks/report.py capture compress_bench -- "$PY" benchmarks/compress_bench.py --repeats 3
                    --out "$RESULTS/compress_bench.json") ;;
-    *) echo "unknown benchmark '$name' (train sweep workflow serve compress)" >&2; exit 2 ;;
+    *) echo "unknown benchmark '$name' (train lora sweep workflow serve compress)" >&2; exit 2 ;;
   esac
   if ! "${cmd[@]}" > "$RESULTS/logs/$name.out" 2> "$RESULTS/logs/$name.log"; then
     echo "$name failed; the end of its log ($RESULTS/logs/$name.log):" >&2
