@@ -53,7 +53,8 @@ def run(cfg: BaseConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artif
         "weights_sha256": file_digests(folder), "notes": notes,
     }
     tracking.log_dict(ctx.tracking_uri, ctx.run_id, record, "base_source.json")
-    pinned = f"{cfg.source}@{facts.revision}" if cfg.source.startswith("hf:") and "@" not in cfg.source else cfg.source
+    # An hf: source as the commit its revision (a branch, a tag, or none: main) resolved to.
+    pinned = f"{cfg.source.partition('@')[0]}@{facts.revision}" if cfg.source.startswith("hf:") else cfg.source
     # One digest over every weight file's digest: what `lifecycle lineage` shows beside the source.
     weights = hashlib.sha256(json.dumps(record["weights_sha256"], sort_keys=True).encode()).hexdigest()
     tracking.set_tags(ctx.tracking_uri, ctx.run_id, {"lifecycle.base_source": pinned, "lifecycle.base_revision": facts.revision,
@@ -61,7 +62,7 @@ def run(cfg: BaseConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artif
     tracking.log_metrics(ctx.tracking_uri, ctx.run_id, {"parameters": float(parameters)})
     for note in notes:
         print(f"[{ctx.step}] {note}", flush=True)
-    shown = f"{cfg.source.partition('@')[0]}@{facts.revision[:12]}" if cfg.source.startswith("hf:") else cfg.source
+    shown = pinned.rpartition("@")[0] + "@" + facts.revision[:12] if cfg.source.startswith("hf:") else cfg.source
     headline = f"{facts.architecture or facts.model_type} {parameters / 1e6:.1f}M params from {shown}"
     return Artifact(str(ctx.output_dir), "model", ctx.run_id, ctx.cache_key,
                     {"parameters": float(parameters), "source": pinned}, headline)

@@ -52,11 +52,11 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     return {arch: save_checkpoint(root / arch, arch, chat=arch == "qwen2") for arch in CONFIGS}
 
 
-def _context(tmp_path: Path, step: str = "base") -> StepContext:
+def _context(tmp_path: Path, step: str = "base", out: str = "out") -> StepContext:
     uri = tracking.tracking_uri_for(tmp_path)
     parent = tracking.start_workflow_run(uri, tmp_path, "t", "sha", {}, None)
     run_id = tracking.start_step_run(uri, parent, step, "base", "key", [], "sha", {})
-    out = tmp_path / "out"
+    out = tmp_path / out
     out.mkdir()
     return StepContext(step, "base", tmp_path, out, str(tmp_path / "ray_storage"), uri, run_id, "key")
 
@@ -123,6 +123,10 @@ def test_hf_source_resolves_the_revision_to_its_commit_through_the_cache(checkpo
     assert tracking.client(ctx.tracking_uri).get_run(ctx.run_id).data.tags["lifecycle.base_revision"] == commit
     assert AutoTokenizer.from_pretrained(ctx.output_dir).chat_template, "the model's own chat template travels with it"
     assert "@" + commit[:12] in artifact.headline
+    # A branch named in the source is pinned as well: the run records the commit, not "main".
+    branch = resolve(BaseConfig(source="hf:tiny-org/tiny-qwen@main"), tmp_path)
+    assert branch.resolved.revision == commit
+    assert run(branch, {}, _context(tmp_path, out="out2")).metrics["source"] == f"hf:tiny-org/tiny-qwen@{commit}"
 
 
 def test_a_registered_model_is_a_source(checkpoints, tmp_path):
