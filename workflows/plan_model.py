@@ -147,21 +147,14 @@ def spec_model(resolved, pretrain: str) -> tuple[memory.ModelSize, int, int]:
     or of a base step's checkpoint, from the config.json validation read (no weights loaded)."""
     cfg = resolved.configs[pretrain]
     if resolved.spec.steps[pretrain].uses == "base":
-        from components.core.models import context_length
+        from components.core.models import config_from_dict, context_length
 
         config = json.loads(cfg.resolved.config)
         size = memory.count_params_from_config(config)
-        return size, context_length(_as_config(config)), int(config["vocab_size"])
+        return size, context_length(config_from_dict(config)), int(config["vocab_size"])
     vocab = next((resolved.configs[n].vocab_size for n in resolved.spec.steps[pretrain].needs
                   if resolved.spec.steps[n].uses == "tokenizer"), None)
     size, hints = project_model(cfg.model.model_dump(), vocab, resolved.path)
     from components.data.config import TokenizerConfig
 
     return size, hints["seq"], vocab or TokenizerConfig().vocab_size
-
-
-
-def _as_config(config: dict):
-    from transformers import AutoConfig
-
-    return AutoConfig.for_model(**config)

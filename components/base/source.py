@@ -20,7 +20,7 @@ from pathlib import Path
 
 from components import tracking
 from components.base.config import BaseConfig, ResolvedSource
-from components.core.models import family_of
+from components.core.models import config_from_dict, family_of
 from components.storage import localize
 
 PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
@@ -154,7 +154,7 @@ def resolve(cfg: BaseConfig, workdir: Path) -> BaseConfig:
     if "model_type" not in config:
         raise ValueError(f"field 'source': {config_path}: no model_type (not a transformers model config)")
     facts = ResolvedSource(
-        family=family_of(_config_object(config)), model_type=config["model_type"],
+        family=family_of(config_from_dict(config)), model_type=config["model_type"],
         architecture=(config.get("architectures") or [""])[0], revision=revision, fingerprint=stamp, config=text,
     )
     return cfg.model_copy(update={"source": source, "resolved": facts})
@@ -165,10 +165,3 @@ def _registry_uri(workdir: Path, source: str) -> str:
         return tracking.existing_uri(workdir)  # never creates an empty store to look in
     except ValueError as e:
         raise ValueError(f"field 'source': {source}: {e}") from None
-
-
-def _config_object(config: dict):
-    """A transformers config from the dict (no weights, no code run)."""
-    from transformers import AutoConfig
-
-    return AutoConfig.for_model(**config)

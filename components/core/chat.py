@@ -87,8 +87,9 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     generation_config.eos_token_id (an int or a list; Llama-3-Instruct stops on <|eot_id|> as well as
     <|end_of_text|>). The project's models give [eos]: their generation config's eos is the tokenizer's."""
     ids = [tokenizer.eos_token_id]
-    if answer_end_id(tokenizer) not in ids:
-        ids.append(answer_end_id(tokenizer))
+    end = answer_end_id(tokenizer)
+    if end not in ids:
+        ids.append(end)
     config = getattr(model, "generation_config", None)
     extra = getattr(config, "eos_token_id", None) if config is not None else None
     for i in [extra] if isinstance(extra, int) else list(extra or []):

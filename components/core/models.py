@@ -214,6 +214,11 @@ UNBOUNDED_CONTEXT = 512
 _CONTEXT_FIELDS = ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length", "seq_length")
 
 
+def config_from_dict(config: dict):
+    """A transformers config from a config.json's contents: no weights, no code run."""
+    return AutoConfig.for_model(**config)
+
+
 def context_length(model) -> int:
     """The context window in tokens of a model or its config: the first of n_positions (GPT-2; the
     lifecycle's own T5), max_position_embeddings (most), n_ctx, max_sequence_length, seq_length

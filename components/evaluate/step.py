@@ -87,10 +87,10 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
         for segment in _segments(read_jsonl(corpus.path / "validation.jsonl"), tokenizer, cfg.eval_tokens, cfg.segment_tokens):
             add(Request("ppl"), "nll", tokens=segment)
     if instructions is not None:
+        end = tokenizer.convert_ids_to_tokens(answer_end_id(tokenizer))  # the token fine-tuning ends an answer with
         for example in spread(read_examples_jsonl(instructions.path / "test.jsonl"), cfg.test_examples):
             add(Request("instructions", example=example), "generate", example.prompt)
             if not generate_only:  # the reference answer as fine-tuning showed it: after the rendered prompt, to its end token
-                end = tokenizer.convert_ids_to_tokens(answer_end_id(tokenizer))
                 add(Request("response", example=example), "choice", render_prompt(tokenizer, example.prompt), [example.response + end])
     for task in [] if generate_only else cfg.benchmarks:
         for item in load_benchmark(task, cfg.benchmark_paths.get(task), limit=cfg.benchmark_limit):
