@@ -58,7 +58,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -70,7 +69,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from report import table, write_result  # noqa: E402
+from report import private_ray_env, start_private_ray, table, write_result  # noqa: E402
+
+from components.deploy.ingress import free_port  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Llama shapes: hidden, layers, heads, MLP width. 100m: the ~100M-parameter base the issue asks for.
@@ -81,12 +82,6 @@ CONTEXT = 1024
 # time; any that no longer exist are skipped): model load + LoRA, the strategy's wrapping, the
 # final validation, the gather + merge + export.
 TIMED = ("build_model", "wrap", "validation_loss", "export_model")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- the inputs: data and instructions steps' outputs, and a user's checkpoint ----------------------
@@ -366,16 +361,6 @@ def breakdown(ev: dict, windows: list[dict]) -> dict:
     }
 
 
-def start_ray() -> None:
-    """A private local Ray of 2 CPUs, recorded as the current cluster in its own temp dir (as the
-    engine does), so Ray Train's placement-group cleaner asks this cluster and no other."""
-    import ray
-    from ray._private.utils import write_ray_address
-
-    ray.init(address="local", num_cpus=2, log_to_driver=False, configure_logging=False)
-    write_ray_address(ray.get_runtime_context().gcs_address)
-
-
 def main() -> int:
     from components.finetune.config import FinetuneConfig
 
@@ -400,16 +385,7 @@ def main() -> int:
     results = args.results or (RESULTS if args.size == "100m" else None)  # a toy run never lands in the results table
     write = results is not None and not args.no_write
 
-    # A private Ray temp dir: this run's Ray never meets another local Ray on the machine.
-    own_tmp = "RAY_TMPDIR" not in os.environ
-    if own_tmp:
-        os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rl-", dir="/tmp")
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    if os.environ["RAY_AUTH_MODE"] == "token":
-        import secrets
-
-        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    own_tmp = private_ray_env("rl-")  # this run's Ray never meets another local Ray on the machine
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lora-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
 
@@ -469,7 +445,7 @@ def main() -> int:
     before = [plain(s, f"plain {s}, before Ray") for s in strategies]
     import ray
 
-    start_ray()
+    start_private_ray()
     try:
         upstream = {"instructions": instructions, "corpus": corpus}
         for strategy in strategies:

@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from report import table, write_result  # noqa: E402
+from report import private_ray_env, start_private_ray, table, write_result  # noqa: E402
 
 from components.deploy.ingress import free_port  # noqa: E402
 
@@ -343,16 +343,6 @@ def data_cost(blocks: np.ndarray, micro: int, steps: int, seed: int) -> tuple[fl
     return loop, plain
 
 
-def start_ray(workdir: Path) -> None:
-    """A private local Ray of 2 CPUs, recorded as the current cluster in its own temp dir (as the
-    engine does), so Ray Train's placement-group cleaner asks this cluster and no other."""
-    import ray
-    from ray._private.utils import write_ray_address
-
-    ray.init(address="local", num_cpus=2, log_to_driver=False, configure_logging=False)
-    write_ray_address(ray.get_runtime_context().gcs_address)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps of every run")
@@ -369,16 +359,7 @@ def main() -> int:
     if not plain_strategies or set(plain_strategies) - {"ddp", "fsdp"}:
         parser.error("--plain: one or both of ddp, fsdp")
 
-    # A private Ray temp dir: this run's Ray never meets another local Ray on the machine.
-    own_tmp = "RAY_TMPDIR" not in os.environ
-    if own_tmp:
-        os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rb-", dir="/tmp")
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    if os.environ["RAY_AUTH_MODE"] == "token":
-        import secrets
-
-        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    own_tmp = private_ray_env("rb-")  # this run's Ray never meets another local Ray on the machine
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="train-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
 
@@ -423,7 +404,7 @@ def main() -> int:
 
     import ray
 
-    start_ray(workdir)
+    start_private_ray()
     try:
         uri = tracking.tracking_uri_for(workdir)
         parent = tracking.start_workflow_run(uri, workdir, "train-bench", "bench", {}, None)
