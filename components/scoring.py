@@ -41,14 +41,29 @@ class AnswerMemo:
         folder = None if storage.is_remote(storage_path) else storage.local_path(storage_path) / "answers" / model_key
         return AnswerMemo(folder, step)
 
-    def answers(self, model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
-        """Greedy answers (decoded, cut at eos) to `prompts` within `max_new_tokens`; computes only the missing ones."""
+    def _rows(self, max_new_tokens: int) -> dict[str, dict]:
+        """The kept rows that answer within `max_new_tokens`, by prompt."""
         known: dict[str, dict] = {}
         for path in sorted(self.folder.glob("*.jsonl")) if self.folder and self.folder.is_dir() else []:
             for line in path.read_text().splitlines():
                 row = json.loads(line)
                 if row["budget"] >= max_new_tokens or len(row["ids"]) < row["budget"]:
                     known.setdefault(row["prompt"], row)
+        return known
+
+    def known(self, tokenizer, prompts: list[str], max_new_tokens: int) -> dict[str, str]:
+        """The kept answers (decoded) among `prompts`, by prompt, generating none: for a step that
+        generates the rest elsewhere (the evaluate phase, on its replicas)."""
+        rows = self._rows(max_new_tokens)
+        found = {p: rows[p] for p in dict.fromkeys(prompts) if p in rows}
+        for row in found.values():
+            if row["step"] != self.step:
+                self.reused[row["step"]] = self.reused.get(row["step"], 0) + 1
+        return {p: tokenizer.decode(r["ids"][:max_new_tokens], skip_special_tokens=True) for p, r in found.items()}
+
+    def answers(self, model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
+        """Greedy answers (decoded, cut at eos) to `prompts` within `max_new_tokens`; computes only the missing ones."""
+        known = self._rows(max_new_tokens)
         missing = list(dict.fromkeys(p for p in prompts if p not in known))
         if missing:
             new = greedy_answer_ids(model, tokenizer, missing, max_new_tokens)

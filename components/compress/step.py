@@ -32,7 +32,7 @@ from components.core.sft import encode_seq2seq_pair, encode_split
 from components.core.speed import generation_speed
 from components.data.instructions import Example, read_examples_jsonl, spread
 from components.report import plot_curves
-from components.scoring import exact_match_by_family
+from components.scoring import AnswerMemo, exact_match_by_family
 
 SHOWN = ("step", "loss", "kl", "ce", "examples_per_s")
 
@@ -64,13 +64,15 @@ def _profiles(source_dir: Path, compressed_dir: Path, test: list[Example], measu
     """Size and speed of the source and the compressed model (as loaded from disk), measured side
     by side on one CPU-holding task; the source's prefixed `source_`, with the ratios a reader looks
     for. Quality next to the source's is the evaluate phase's job; `exact_match` adds the compressed
-    model's, for the step's own comparisons (same settings as the variants it is compared with)."""
+    model's, for the step's own comparisons (same settings as the variants it is compared with), its
+    answers kept for the evaluate step that scores this output (AnswerMemo)."""
+    memo = AnswerMemo.of(ctx.cache_key, ctx.storage_path, ctx.step) if exact_match else None
     with ctx.timed("measure"):
-        return on_a_cpu(ctx, _measure_side_by_side, str(source_dir), str(compressed_dir), test, measure, exact_match)
+        return on_a_cpu(ctx, _measure_side_by_side, str(source_dir), str(compressed_dir), test, measure, memo)
 
 
 def _measure_side_by_side(source_dir: str, compressed_dir: str, test: list[Example], measure: Measure,
-                          exact_match: bool) -> dict[str, float]:
+                          memo: AnswerMemo | None) -> dict[str, float]:
     tokenizer = AutoTokenizer.from_pretrained(compressed_dir)
     models = [load_trained(source_dir), load_trained(compressed_dir)]
     speeds = generation_speed(models, tokenizer, [e.prompt for e in test[: measure.speed_prompts]], measure.new_tokens, measure.repeats)
@@ -82,13 +84,13 @@ def _measure_side_by_side(source_dir: str, compressed_dir: str, test: list[Examp
             "linear_weight_bytes": float(linear_weight_bytes(model)),
             **speed,
         })
-    if exact_match:
-        profiles[1]["exact_match"] = _exact_match(models[1], tokenizer, test, measure)
+    if memo is not None:
+        profiles[1]["exact_match"] = _exact_match(models[1], tokenizer, test, measure, memo)
     return _side_by_side(*profiles)
 
 
-def _exact_match(model, tokenizer, test: list[Example], measure: Measure) -> float:
-    return exact_match_by_family(model, tokenizer, spread(test, measure.test_examples), measure.max_new_tokens)["all"]
+def _exact_match(model, tokenizer, test: list[Example], measure: Measure, memo: AnswerMemo | None = None) -> float:
+    return exact_match_by_family(model, tokenizer, spread(test, measure.test_examples), measure.max_new_tokens, memo)["all"]
 
 
 def _side_by_side(source: dict[str, float], compressed: dict[str, float]) -> dict[str, float]:

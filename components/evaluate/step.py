@@ -29,6 +29,7 @@ from components.data.instructions import Example, read_examples_jsonl, spread
 from components.data.tokenizer import token_stream
 from components.evaluate.config import EvaluateConfig
 from components.evaluate.replica import ModelReplica
+from components.scoring import AnswerMemo, reuse_tags
 
 
 @dataclass(frozen=True)
@@ -80,16 +81,25 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     rows, requests = [], []
 
     def add(request: Request, kind: str, text: str = "", options=(), tokens=()):
-        rows.append({"id": len(rows), "kind": kind, "text": text, "options": list(options), "tokens": list(tokens)})
+        rows.append({"id": len(requests), "kind": kind, "text": text, "options": list(options), "tokens": list(tokens)})
         requests.append(request)
 
     if corpus is not None and not generate_only:
         for segment in _segments(read_jsonl(corpus.path / "validation.jsonl"), tokenizer, cfg.eval_tokens, cfg.segment_tokens):
             add(Request("ppl"), "nll", tokens=segment)
+    kept: dict[int, dict] = {}  # results known before scoring, by request id
+    memo = AnswerMemo.of(model.cache_key, ctx.storage_path, ctx.step)
     if instructions is not None:
         end = tokenizer.convert_ids_to_tokens(answer_end_id(tokenizer))  # the token fine-tuning ends an answer with
-        for example in spread(read_examples_jsonl(instructions.path / "test.jsonl"), cfg.test_examples):
-            add(Request("instructions", example=example), "generate", example.prompt)
+        examples = spread(read_examples_jsonl(instructions.path / "test.jsonl"), cfg.test_examples)
+        # The answers the model already gave in this workflow (its own step scored it on these prompts, greedily).
+        answers = memo.known(tokenizer, [e.prompt for e in examples], cfg.max_new_tokens)
+        for example in examples:
+            if example.prompt in answers:
+                kept[len(requests)] = {"answer": answers[example.prompt], "seconds": 0.0, "new_tokens": 0}
+                requests.append(Request("instructions", example=example))
+            else:
+                add(Request("instructions", example=example), "generate", example.prompt)
             if not generate_only:  # the reference answer as fine-tuning showed it: after the rendered prompt, to its end token
                 add(Request("response", example=example), "choice", render_prompt(tokenizer, example.prompt), [example.response + end])
     for task in [] if generate_only else cfg.benchmarks:
@@ -100,7 +110,9 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
 
     # 2. Score them on model replicas, one model copy each (Ray tasks, or a Ray Data actor pool for a large set).
     with ctx.timed("scoring"):  # the replicas' start, model loading and work
-        results = _score(rows, model.uri, cfg, ctx)
+        scored = _score(rows, model.uri, cfg, ctx) if rows else {}
+    results = [kept[i] if i in kept else scored[i] for i in range(len(requests))]
+    tracking.set_tags(ctx.tracking_uri, ctx.run_id, reuse_tags(evaluated=memo))
 
     # 3. Summarise into metrics, write the artifact, log to the step's run.
     scores = summarise(requests, results, cfg)
@@ -124,8 +136,8 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     return Artifact(str(ctx.output_dir), "evaluation", ctx.run_id, ctx.cache_key, {**scores, **info}, f"{model_step}: {headline}")
 
 
-def _score(rows: list[dict], model_dir: str, cfg: EvaluateConfig, ctx: StepContext) -> list[dict]:
-    """Each row's outputs, in row order, computed by `ModelReplica`s: through Ray Data for a large set,
+def _score(rows: list[dict], model_dir: str, cfg: EvaluateConfig, ctx: StepContext) -> dict[int, dict]:
+    """Each row's outputs by its id, computed by `ModelReplica`s: through Ray Data for a large set,
     else on one Ray task per replica."""
     replicas = min(cfg.replicas or ctx.workers, max(1, math.ceil(len(rows) / cfg.batch_size)))
     resources = {"num_gpus": ctx.gpus_per_worker} if ctx.gpus_per_worker else {}
@@ -139,7 +151,7 @@ def _score(rows: list[dict], model_dir: str, cfg: EvaluateConfig, ctx: StepConte
             (done,), pending = ray.wait(pending)
             results.update((int(row["id"]), row) for row in ray.get(done))
             ctx.progress({"scored": len(results), "items": len(rows)})
-        return [results[i] for i in range(len(rows))]
+        return results
 
     data_context = ray.data.DataContext.get_current()
     data_context.enable_progress_bars = False  # the workflow's own table shows progress
@@ -156,7 +168,7 @@ def _score(rows: list[dict], model_dir: str, cfg: EvaluateConfig, ctx: StepConte
         results[int(row["id"])] = row
         if len(results) % 100 == 0 or len(results) == len(rows):
             ctx.progress({"scored": len(results), "items": len(rows)})
-    return [results[i] for i in range(len(rows))]
+    return results
 
 
 @ray.remote
@@ -197,7 +209,8 @@ def summarise(requests: list[Request], results: list[dict], cfg: EvaluateConfig)
         if responses:  # none for a seq2seq model
             scores["response_nll"] = -sum(responses) / len(responses)
         seconds = sum(r["seconds"] for _, r in instr)
-        scores["tokens_per_s"] = sum(r["new_tokens"] for _, r in instr) / seconds if seconds else 0.0
+        if seconds:  # none when every answer came from the model's own step (AnswerMemo)
+            scores["tokens_per_s"] = sum(r["new_tokens"] for _, r in instr) / seconds
 
     bench = [(q, r) for q, r in zip(requests, results) if q.section == "benchmark"]
     tasks = sorted({q.item.task for q, _ in bench})

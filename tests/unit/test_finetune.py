@@ -218,3 +218,8 @@ def test_an_answer_memo_answers_each_prompt_once_per_model(tokenizer, tmp_path):
     assert third.reused == {"eval": 1}
     # Another model's answers are its own.
     assert AnswerMemo.of("other-key", str(tmp_path), "dpo").answers(model, tokenizer, ["p"], 4) != [tokenizer.decode([5, 6])]
+    # The evaluate phase takes what is kept and generates only the rest, on its replicas.
+    evaluate = AnswerMemo.of("model-key", str(tmp_path), "eval-finetune")
+    assert evaluate.known(tokenizer, [*prompts, "unseen"], 5) == dict(zip(prompts, greedy_answers(model, tokenizer, prompts, 5)))
+    assert evaluate.reused == {"finetune": len(prompts)}
+    assert AnswerMemo.of("other-key", str(tmp_path), "eval").known(tokenizer, prompts, 5) == {}
