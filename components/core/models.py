@@ -202,6 +202,16 @@ def _blocks_by_attribute(model: PreTrainedModel) -> list[torch.nn.Module]:
     return list(base.layers)
 
 
+def label_head(model: PreTrainedModel) -> torch.nn.Linear:
+    """A sequence or token classifier's output layer ([hidden] -> [num_labels]): the top-level Linear
+    beside the body, whatever the architecture names it (`score` in Llama and Qwen2, `classifier` in
+    GPT-2's token classifier and BERT)."""
+    heads = [m for n, m in model.named_children() if isinstance(m, torch.nn.Linear) and m.out_features == model.config.num_labels]
+    if len(heads) != 1:
+        raise ValueError(f"{type(model).__name__}: no single output layer of {model.config.num_labels} labels beside the body")
+    return heads[0]
+
+
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
     """Distinct parameters (tied weights counted once)."""
     seen = {id(p): p for p in model.parameters() if p.requires_grad or not trainable_only}

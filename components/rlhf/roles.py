@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
 from components import storage
+from components.core.models import label_head
 from components.core.peft_methods import LoraSettings, PromptTuningSettings, SelectiveSettings, apply_method
 from components.core.ppo import at_response, entropy, masked_mean, pack, policy_loss, token_logprobs, value_loss
 
@@ -200,8 +201,10 @@ class Value:
         self.model = AutoModelForTokenClassification.from_pretrained(reward_dir, num_labels=1).eval()
         scorer = AutoModelForSequenceClassification.from_pretrained(reward_dir)
         with torch.no_grad():  # start from the reward head, so V is on the reward's scale from the first step
-            self.model.classifier.weight.copy_(scorer.score.weight)
-            self.model.classifier.bias.zero_()
+            head = label_head(self.model)
+            head.weight.copy_(label_head(scorer).weight)
+            if head.bias is not None:
+                head.bias.zero_()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, betas=(0.9, 0.95))
         self.grad_clip = grad_clip
 

@@ -250,3 +250,22 @@ def test_an_encoder_decoder_refuses_clearly(checkpoints, name):
     with pytest.raises(ValueError, match=f"does not support the {name} architecture"):
         P.prune_mlp_channels(model, 0.5)
     assert P.sparsity(P.prune(model, "unstructured", 0.5)[0]) == pytest.approx(0.5, abs=0.01)  # unstructured: any model
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+def test_ppos_value_model_starts_from_the_reward_head_on_every_decoder(checkpoints, name, tmp_path):
+    # The value model (a token classifier) copies the reward model's (a sequence classifier) head, which each
+    # architecture names its own way (`score`, `classifier`).
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from components.core.models import label_head
+    from components.rlhf.roles import Value
+    from tests.checkpoints import _tokenizer
+
+    torch.manual_seed(0)
+    reward = AutoModelForSequenceClassification.from_pretrained(checkpoints[name], num_labels=1)
+    reward.save_pretrained(tmp_path)
+    _tokenizer(False).save_pretrained(tmp_path)
+    value = Value(str(tmp_path), lr=1e-3, grad_clip=1.0)
+    assert torch.equal(label_head(value.model).weight, label_head(reward).weight)
+    assert isinstance(AutoTokenizer.from_pretrained(tmp_path), transformers.PreTrainedTokenizerBase)
