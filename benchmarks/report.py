@@ -24,8 +24,10 @@ import json
 import os
 import platform
 import re
+import secrets
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -153,6 +155,28 @@ def capture(name: str, command: list[str], results: Path = RESULTS) -> int:
     (results / f"{name}.md").write_text(f"`{shown}` ({machine_line()})\n\n{body}\n")
     return 0
 
+def private_ray_env(prefix: str) -> bool:
+    """Point this process's local Ray at its own temp dir (so it never meets another local Ray on the
+    machine), with token auth on and no tracking server; True when the temp dir is ours to remove."""
+    own_tmp = "RAY_TMPDIR" not in os.environ
+    if own_tmp:
+        os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if os.environ["RAY_AUTH_MODE"] == "token":
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    return own_tmp
+
+
+def start_private_ray() -> None:
+    """A private local Ray of 2 CPUs, recorded as the current cluster in its own temp dir (as the
+    engine does), so Ray Train's placement-group cleaner asks this cluster and no other."""
+    import ray
+    from ray._private.utils import write_ray_address
+
+    ray.init(address="local", num_cpus=2, log_to_driver=False, configure_logging=False)
+    write_ray_address(ray.get_runtime_context().gcs_address)
+
 
 def main() -> int:
     if sys.argv[1:2] == ["capture"]:
@@ -176,29 +200,3 @@ def main() -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-def private_ray_env(prefix: str) -> bool:
-    """Point this process's local Ray at its own temp dir (so it never meets another local Ray on the
-    machine), with token auth on and no tracking server; True when the temp dir is ours to remove."""
-    import os
-    import secrets
-    import tempfile
-
-    own_tmp = "RAY_TMPDIR" not in os.environ
-    if own_tmp:
-        os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    if os.environ["RAY_AUTH_MODE"] == "token":
-        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-    return own_tmp
-
-
-def start_private_ray() -> None:
-    """A private local Ray of 2 CPUs, recorded as the current cluster in its own temp dir (as the
-    engine does), so Ray Train's placement-group cleaner asks this cluster and no other."""
-    import ray
-    from ray._private.utils import write_ray_address
-
-    ray.init(address="local", num_cpus=2, log_to_driver=False, configure_logging=False)
-    write_ray_address(ray.get_runtime_context().gcs_address)
