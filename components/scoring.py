@@ -63,21 +63,18 @@ class AnswerMemo:
 
     def answers(self, model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
         """Greedy answers (decoded, cut at eos) to `prompts` within `max_new_tokens`; computes only the missing ones."""
-        known = self._rows(max_new_tokens)
-        missing = list(dict.fromkeys(p for p in prompts if p not in known))
+        answers = self.known(tokenizer, prompts, max_new_tokens)
+        missing = [p for p in dict.fromkeys(prompts) if p not in answers]
         if missing:
             new = greedy_answer_ids(model, tokenizer, missing, max_new_tokens)
-            rows = [{"prompt": p, "ids": ids, "budget": max_new_tokens, "step": self.step} for p, ids in zip(missing, new)]
-            known.update((r["prompt"], r) for r in rows)
             if self.folder is not None:
+                rows = [{"prompt": p, "ids": ids, "budget": max_new_tokens, "step": self.step} for p, ids in zip(missing, new)]
                 self.folder.mkdir(parents=True, exist_ok=True)
                 partial = self.folder / f".{uuid.uuid4().hex}.partial"
                 partial.write_text("".join(json.dumps(r) + "\n" for r in rows))
                 partial.rename(partial.with_name(f"{self.step}-{uuid.uuid4().hex[:8]}.jsonl"))  # readers never see half a file
-        for p in prompts:
-            if known[p]["step"] != self.step and p not in missing:
-                self.reused[known[p]["step"]] = self.reused.get(known[p]["step"], 0) + 1
-        return [tokenizer.decode(known[p]["ids"][:max_new_tokens], skip_special_tokens=True) for p in prompts]
+            answers.update((p, tokenizer.decode(ids, skip_special_tokens=True)) for p, ids in zip(missing, new))
+        return [answers[p] for p in prompts]
 
 
 def reuse_tags(**memos: AnswerMemo) -> dict[str, str]:
