@@ -84,13 +84,7 @@ def branches(ray_address, tmp_path_factory):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_a_base_of_each_architecture_is_lora_tuned_and_evaluated(branches, arch):
-    uri = tracking.tracking_uri_for(branches)
-    client = mlflow.MlflowClient(uri)
-
-    def run(step):
-        (found,) = client.search_runs([tracking.experiment_id(uri)], f"tags.`lifecycle.step` = '{step}'")
-        return found
-
+    uri, client, run = _client(branches)
     finetune = run(f"ft-{arch}")
     val = [m.value for m in client.get_metric_history(finetune.info.run_id, "val_loss")]
     # The held-out answers' loss falls well below the base model's own, computed here the same way.
