@@ -156,31 +156,45 @@ def score_prompts(model, prompts: list[list[int]], k: int, pad_id: int) -> list[
     return scored
 
 
-def token_texts(tokenizer, ids: list[int], window: int = 4) -> list[str]:
-    """Each token's text as it appears in the decoded sequence, special tokens shown.
+def token_texts(tokenizer, ids: list[int], candidates: list[list[int]], window: int = 4) -> list[list[str]]:
+    """The text each of `candidates[i]` would add in place of token i of `ids`, special tokens shown.
 
     Decoding a token alone loses what depends on its neighbours (a SentencePiece word's leading
-    space, bytes of a character split over tokens), so token i is what decoding `window` tokens
-    before it and itself adds to decoding those tokens alone (as vLLM detokenizes). The texts of a
-    sequence add up to its decoded text in length, a split character counting at its first token.
+    space, bytes of a character split over tokens), so a token's text is what it adds to decoding
+    the `window` tokens before it (as vLLM detokenizes). With candidates [[t] for t in ids], the
+    texts of a sequence add up to its decoded text in length (a split character counts at its
+    first token); with the top-k ids, the alternatives read as the chosen token does.
     """
-    spans = [ids[max(0, i - window): i + 1] for i in range(len(ids))]
-    texts = tokenizer.batch_decode(spans + [s[:-1] for s in spans], skip_special_tokens=False)
-    return [full[len(before):] for full, before in zip(texts[: len(ids)], texts[len(ids):])]
+    prefixes = [ids[max(0, i - window): i] for i in range(len(ids))]
+    spans = [prefix + [c] for prefix, row in zip(prefixes, candidates) for c in row]
+    texts = iter(tokenizer.batch_decode(spans, skip_special_tokens=False))
+    before = tokenizer.batch_decode(prefixes, skip_special_tokens=False)
+    return [[next(texts)[len(b):] for _ in row] for b, row in zip(before, candidates)]
 
 
 def _logprobs(tokenizer, ids: list[int], chosen: list[float | None], top: list, start: int) -> Logprobs:
     """A Logprobs for tokens `ids` whose text begins at character `start`; top: per token None or
     (logprobs [k], ids [k])."""
-    texts, special = token_texts(tokenizer, ids), set(tokenizer.all_special_ids)
-    offsets = []
-    for t, text in zip(ids, texts):
+    alternatives = [list(entry[1]) if entry else [] for entry in top]
+    texts = token_texts(tokenizer, ids, [[t] + alts for t, alts in zip(ids, alternatives)])
+    special, offsets = set(tokenizer.all_special_ids), []
+    for t, (text, *_) in zip(ids, texts):
         offsets.append(start)
         start += 0 if t in special else len(text)
-    flat = sorted({i for entry in top if entry for i in entry[1]})
-    names = dict(zip(flat, tokenizer.batch_decode([[i] for i in flat], skip_special_tokens=False)))
-    return Logprobs(texts, list(ids), chosen,
-                    [None if entry is None else [(names[i], v) for v, i in zip(*entry)] for entry in top], offsets)
+    tops = []
+    for entry, (_, *names) in zip(top, texts):
+        if entry is None:
+            tops.append(None)
+            continue
+        # Tokens that read alike (bytes of one character, each alone a U+FFFD) would share one key of the
+        # {token: logprob} shape: a repeat is named by its vocabulary entry instead, unique to its id.
+        seen, named = set(), []
+        for name, value, i in zip(names, *entry):
+            name = tokenizer.convert_ids_to_tokens(i) if name in seen else name
+            seen.add(name)
+            named.append((name, value))
+        tops.append(named)
+    return Logprobs([t[0] for t in texts], list(ids), chosen, tops, offsets)
 
 
 @torch.no_grad()

@@ -67,10 +67,10 @@ def test_generated_tokens_logprobs_are_a_teacher_forced_forward_pass_of_the_raw_
         assert torch.allclose(torch.tensor(lp.token_logprobs), want, atol=1e-4)
         for t, top in enumerate(lp.top_logprobs):
             values = [v for _, v in top]
-            assert len(top) == 5 and values == sorted(values, reverse=True)
+            assert len({name for name, _ in top}) == 5 and values == sorted(values, reverse=True)  # 5 keys of a dict
             assert torch.allclose(torch.tensor(values), full[t].topk(5).values, atol=1e-4)
-            if params.temperature == 0:  # greedy: the chosen token is the most likely one
-                assert top[0] == (tok.decode([answer[t]]), lp.token_logprobs[t])
+            if params.temperature == 0:  # greedy: the chosen token is the most likely one, named as in `tokens`
+                assert top[0] == (lp.tokens[t], lp.token_logprobs[t])
 
 
 def test_echo_and_generation_together_and_usage(model, tok):
