@@ -1,15 +1,18 @@
 """Token log-probabilities and prompt echo without Ray: what evaluation harnesses (lm-eval's
-local-completions) rely on, checked against a direct forward pass of the same tiny GPT-2."""
+local-completions) rely on, checked against a direct forward pass of the same tiny GPT-2; and the
+request fields around them, refused with the field named when the server cannot honour them."""
 
 import math
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from components.core.models import ModelConfig, build_causal_lm, build_model
 from components.data.config import TokenizerConfig
 from components.data.instructions import generate_tasks
 from components.data.tokenizer import train_bpe
+from components.deploy import api
 from components.deploy.generation import Params, generate, logprobs_of
 
 
@@ -131,3 +134,73 @@ def test_t5_scores_its_generated_tokens_but_has_no_prompt_to_echo():
     assert torch.allclose(torch.tensor(c.logprobs.token_logprobs), want, atol=1e-4)
     with pytest.raises(ValueError, match="echo"):
         generate(t5, tok, [PROMPTS[1]], Params(max_tokens=0, logprobs=2, echo=True))
+
+
+# --- the request fields ----------------------------------------------------------------------------
+
+
+def completion(**fields):
+    return api.CompletionRequest.model_validate({"model": "m", "prompt": "x", **fields})
+
+
+def chat(**fields):
+    return api.ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}], **fields})
+
+
+def test_prompts_are_texts_or_token_ids_normalised_to_a_list():
+    assert completion(prompt="hi").prompt == ["hi"]
+    assert completion(prompt=["a", "b"]).prompt == ["a", "b"]
+    assert completion(prompt=[5, 6, 7]).prompt == [[5, 6, 7]]
+    assert completion(prompt=[[5, 6], [7]]).prompt == [[5, 6], [7]]
+    for bad in ([-1, 2], [True, 3], [1.0, 2], [[1], "a", 2], [[]], [[1, -2]], [], [[1]] * 17, {"ids": [1]}, 3):
+        with pytest.raises(ValidationError, match="prompt") as raised:
+            completion(prompt=bad)
+        assert raised.value.errors()[0]["loc"] == ("prompt",), bad
+
+
+def unsupported(request) -> str:
+    with pytest.raises(api.Unsupported) as raised:
+        request.check()
+    assert str(raised.value).startswith(raised.value.param + ": ")
+    return raised.value.param
+
+
+def test_fields_the_server_cannot_honour_are_refused_by_name():
+    assert unsupported(completion(max_tokens=0)) == "max_tokens"  # nothing to do without echo
+    assert unsupported(completion(logprobs=0, stream=True)) == "logprobs"
+    assert unsupported(completion(echo=True, stream=True)) == "echo"
+    assert unsupported(completion(best_of=2)) == "best_of"
+    assert unsupported(completion(suffix="end")) == "suffix"
+    assert unsupported(completion(logit_bias={"50256": -100})) == "logit_bias"
+    assert unsupported(completion(presence_penalty=0.5)) == "presence_penalty"
+    assert unsupported(chat(frequency_penalty=-1)) == "frequency_penalty"
+    assert unsupported(chat(top_logprobs=2)) == "top_logprobs"  # without logprobs: true, as OpenAI
+    assert unsupported(chat(top_logprobs=2, logprobs=False)) == "top_logprobs"
+    assert unsupported(chat(logprobs=True, stream=True)) == "logprobs"
+    assert unsupported(chat(tools=[{"type": "function", "function": {"name": "f"}}])) == "tools"
+    assert unsupported(chat(tool_choice="auto")) == "tool_choice"
+    assert unsupported(chat(response_format={"type": "json_object"})) == "response_format"
+    # What changes nothing in the answer is accepted as it is.
+    for ok in (completion(max_tokens=0, echo=True, logprobs=5), completion(user="u", logprobs=None, best_of=1, logit_bias={},
+                                                                             presence_penalty=0, suffix=""),
+               chat(logprobs=True, top_logprobs=20), chat(response_format={"type": "text"}, tool_choice="none", tools=[])):
+        ok.check()
+    assert chat(logprobs=True, top_logprobs=3).top_k() == 3 and chat(logprobs=True).top_k() == 0 and chat().top_k() is None
+    for bad in (lambda: completion(logprobs=6), lambda: completion(logprobs=-1), lambda: chat(top_logprobs=21),
+                lambda: chat(max_tokens=0), lambda: completion(best_of=21)):
+        with pytest.raises(ValidationError):
+            bad()
+
+
+def test_response_bodies_have_openais_logprobs_shapes():
+    tokens, lps, tops, offsets = ["a", " b"], [None, -0.5], [None, [(" b", -0.5), (" c", -1.5)]], [0, 1]
+    body = api.completion_body("m", [("a b", "length")], api.Usage(prompt_tokens=2, completion_tokens=0, total_tokens=2),
+                               logprobs=[api.completion_logprobs(tokens, lps, tops, offsets)])
+    assert body["choices"][0]["logprobs"] == {"tokens": tokens, "token_logprobs": lps,
+                                              "top_logprobs": [None, {" b": -0.5, " c": -1.5}], "text_offset": offsets}
+    assert api.completion_body("m", [("x", "stop")], api.Usage(prompt_tokens=1, completion_tokens=1,
+                                                               total_tokens=2))["choices"][0]["logprobs"] is None
+    content = api.chat_logprobs(["é"], [-0.25], [[("é", -0.25), ("e", -2.0)]])["content"]
+    assert content == [{"token": "é", "logprob": -0.25, "bytes": [195, 169],
+                        "top_logprobs": [{"token": "é", "logprob": -0.25, "bytes": [195, 169]},
+                                         {"token": "e", "logprob": -2.0, "bytes": [101]}]}]
