@@ -1,6 +1,7 @@
 """Serving benchmark: Serve's added latency, dynamic batching's throughput gain, and a bounded load test.
 
     .venv/bin/python benchmarks/serve_bench.py [--model DIR] [--requests 2000] [--concurrency 32]
+    .venv/bin/python benchmarks/serve_bench.py --logprobs [--model DIR]
 
 Everything runs in one go on a local Ray, side by side, and prints a Markdown table (paste
 it into docs/benchmarks.md):
@@ -16,6 +17,10 @@ it into docs/benchmarks.md):
 3. load: REQUESTS requests at CONCURRENCY clients against a small queue; every status code is
    counted (only 200 and the backpressure codes 429/503 are acceptable) and the replica must
    still be the same one afterwards (none lost or restarted).
+
+--logprobs measures only the cost of log-probabilities: requests per second of /v1/completions
+(32 new tokens, greedy) with `logprobs: 5` against without, at 1 and 16 concurrent clients, in
+alternating turns, on the tiny GPT-2 (batching on).
 
 Without --model, untrained GPT-2s are built from config: the tiny workflow's shape (1M parameters)
 for latency and load, 6 x 384 (11M) for throughput.
@@ -76,8 +81,9 @@ def direct_generate(model_dir: Path):
     return timed
 
 
-async def _fire(url: str, n: int, concurrency: int, max_tokens: int = 8) -> tuple[float, Counter, list[float]]:
-    """n completion requests with `concurrency` clients; (seconds, status counts, latencies of the 200s)."""
+async def _fire(url: str, n: int, concurrency: int, max_tokens: int = 8, **fields) -> tuple[float, Counter, list[float]]:
+    """n completion requests (with extra body `fields`) from `concurrency` clients; (seconds, status counts,
+    latencies of the 200s)."""
     codes: Counter = Counter()
     latencies: list[float] = []
     queue = iter(range(n))
@@ -86,7 +92,7 @@ async def _fire(url: str, n: int, concurrency: int, max_tokens: int = 8) -> tupl
             for _ in queue:
                 start = time.perf_counter()
                 r = await client.post(f"{url}/completions", json={"model": "bench", "prompt": PROMPT, "max_tokens": max_tokens,
-                                                                  "temperature": 0})
+                                                                  "temperature": 0, **fields})
                 codes[r.status_code] += 1
                 if r.status_code == 200:
                     latencies.append(time.perf_counter() - start)
@@ -119,6 +125,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--logprobs", action="store_true", help="only the cost of logprobs: 5 (1 and 16 clients)")
     args = parser.parse_args()
 
     import ray
@@ -130,6 +137,12 @@ def main() -> int:
     os.environ.update(local_ingress_env(dict(os.environ)))  # Serve's ingress as `lifecycle run` starts it: HAProxy
     model_dir = args.model or tiny_model(Path(tempfile.mkdtemp(prefix="bench-model-")))
     ray.init(address="local", num_cpus=2, log_to_driver=False, configure_logging=False)
+    if args.logprobs:
+        try:
+            return logprobs_cost(model_dir, args.port)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
     rows = []
     try:
         timed = direct_generate(model_dir)
@@ -179,6 +192,26 @@ def main() -> int:
     for clients in CLIENTS:
         (single, lat_s), (batched, lat_b) = sweep[1, clients], sweep[16, clients]
         print(f"| {clients} | {single:.2f} | {batched:.2f} | x{batched / single:.2f} | {_percentiles(lat_s)} | {_percentiles(lat_b)} |")
+    return 0
+
+
+def logprobs_cost(model_dir: Path, port: int, turns: int = 3) -> int:
+    """Print requests per second with and without `logprobs: 5` at 1 and 16 clients (32 new tokens)."""
+    url = deploy(model_dir, port, max_batch_size=16, max_ongoing_requests=32)
+    asyncio.run(_fire(url, 20, 1, logprobs=5))  # warm-up
+    rates: dict[tuple[int, bool], list[float]] = {}
+    for clients in (1, 16):
+        n = max(24, 3 * clients)
+        for _ in range(turns):  # in turns: the machine's drifting load weighs on both alike
+            for logprobs in (False, True):
+                seconds, codes, _ = asyncio.run(_fire(url, n, clients, max_tokens=32, **({"logprobs": 5} if logprobs else {})))
+                assert codes == Counter({200: n}), (clients, logprobs, codes)
+                rates.setdefault((clients, logprobs), []).append(n / seconds)
+    print("| clients | req/s without logprobs | req/s with logprobs: 5 | with / without |\n|---:|---:|---:|---:|")
+    for clients in (1, 16):
+        without, with_ = (statistics.median(rates[clients, lp]) for lp in (False, True))
+        print(f"| {clients} | {without:.2f} | {with_:.2f} | x{with_ / without:.2f} |")
+    print(f"\n(tiny GPT-2, 32 new tokens, greedy; median of {turns} alternating turns of max(24, 3 x clients) requests)")
     return 0
 
 

@@ -1,8 +1,9 @@
 """The Ray Serve application: a FastAPI ingress speaking the OpenAI HTTP API over one model.
 
     GET  /v1/models            the served model and its LoRA adapters, with registry metadata
-    POST /v1/completions       prompt(s) -> text; `stream: true` sends server-sent events
-    POST /v1/chat/completions  messages -> the model's chat template -> text
+    POST /v1/completions       prompt(s) (texts or token ids) -> text; `stream: true` sends server-sent
+                               events; `logprobs`, `echo` (with `max_tokens: 0`: the prompt scored only)
+    POST /v1/chat/completions  messages -> the model's chat template -> text; `logprobs`, `top_logprobs`
     POST /v1/classify          texts (or text pairs) -> labels, or words -> entities (classifiers)
     GET  /health, /ready       liveness; readiness (model loaded)
 
@@ -235,6 +236,14 @@ def build(cfg: DeployConfig, model: dict[str, Any], adapters: dict[str, dict[str
     return OpenAIServer.options(**options).bind(cfg.model_dump(), model, adapters)
 
 
+def _check(body) -> None:
+    """The request's own 400s (`api.Unsupported`): fields this server would otherwise have to ignore."""
+    try:
+        body.check()
+    except api.Unsupported as e:
+        raise ApiError(400, str(e), param=e.param) from None
+
+
 def _event(payload: dict) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
@@ -330,6 +339,8 @@ class OpenAIServer:
             self.model.to("cuda")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.context = context_length(self.model)
+        # Ids a token-id prompt may hold: both the tokenizer (to decode them) and the embedding (to read them) know them.
+        self.vocab_size = min(len(self.tokenizer), self.model.get_input_embeddings().num_embeddings)
         self.adapters = adapters
         # PEFT keeps each adapter as a submodule named after it, and a module name cannot hold a "."
         # (a sweep trial's id has its learning rate in it: r8-alpha16-lr0.01).
@@ -371,11 +382,16 @@ class OpenAIServer:
     @app.post("/v1/completions")
     async def completions(self, body: api.CompletionRequest):
         self._route("/v1/completions")
-        params = self._params(body, body.max_tokens)
+        _check(body)
+        if body.echo and self.kind == "seq2seq":
+            raise ApiError(400, "echo: an encoder-decoder model reads the prompt with its encoder, so it has no prompt "
+                           "to echo or score", param="echo")
+        params = self._params(body, body.max_tokens, logprobs=body.logprobs, echo=body.echo)
         if body.stream and (len(body.prompt) > 1 or body.n > 1):
             raise ApiError(400, "stream supports one prompt and n=1", param="stream")
         for p in body.prompt:
-            self._check_chars(len(p), "prompt")
+            if isinstance(p, str):
+                self._check_chars(len(p), "prompt")
         with self._admit(len(body.prompt) * body.n) as slot:  # before tokenizing: a busy server spends nothing on it
             prompts = [self._check_prompt(p, params) for p in body.prompt]
             if body.stream:
@@ -383,14 +399,19 @@ class OpenAIServer:
             self._set_batch_wait()
             done = await asyncio.gather(*(self.batched_generate(body.model, p, params) for p in prompts for _ in range(body.n)))
         done = _answered(done)
-        return api.completion_body(body.model, [(c.text, c.finish_reason) for c in done], _usage(done, body.n))
+        logprobs = None if body.logprobs is None else [
+            api.completion_logprobs(c.logprobs.tokens, c.logprobs.token_logprobs, c.logprobs.top_logprobs,
+                                    c.logprobs.text_offset) for c in done]
+        return api.completion_body(body.model, [(c.text, c.finish_reason) for c in done], _usage(done, body.n),
+                                   logprobs=logprobs)
 
     @app.post("/v1/chat/completions")
     async def chat(self, body: api.ChatCompletionRequest):
         self._route("/v1/chat/completions")
+        _check(body)
         if body.messages[-1].role == "assistant":
             raise ApiError(400, "the last message must not be the assistant's", param="messages")
-        params = self._params(body, body.max_completion_tokens or body.max_tokens)
+        params = self._params(body, body.max_completion_tokens or body.max_tokens, logprobs=body.top_k())
         if body.stream and body.n > 1:
             raise ApiError(400, "stream supports n=1", param="stream")
         self._check_chars(sum(len(m.content) for m in body.messages), "messages")
@@ -403,7 +424,9 @@ class OpenAIServer:
             self._set_batch_wait()
             done = await asyncio.gather(*(self.batched_generate(body.model, prompt, params) for _ in range(body.n)))
         done = _answered(done)
-        return api.chat_body(body.model, [(c.text, c.finish_reason) for c in done], _usage(done, body.n))
+        logprobs = None if params.logprobs is None else [
+            api.chat_logprobs(c.logprobs.tokens, c.logprobs.token_logprobs, c.logprobs.top_logprobs) for c in done]
+        return api.chat_body(body.model, [(c.text, c.finish_reason) for c in done], _usage(done, body.n), logprobs=logprobs)
 
     @app.post("/v1/classify")
     async def classify_texts(self, body: api.ClassifyRequest):
@@ -454,7 +477,7 @@ class OpenAIServer:
         return out
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)  # size set from the config in __init__, wait per request
-    async def batched_generate(self, models: list[str], prompts: list[str], params: list[Params]) -> list[Completion]:
+    async def batched_generate(self, models: list[str], prompts: list[str | list[int]], params: list[Params]) -> list[Completion]:
         """A dynamic batch: one generate call per (model, sampling setting); seeded requests alone.
 
         Each request's result is its Completion, or the ApiError of its own failure: one request
@@ -476,8 +499,9 @@ class OpenAIServer:
             out = await isolate(run, [prompts[i] for i in rows])
             for i, c in zip(rows, out):
                 results[i] = c
-            self.generated_tokens.inc(sum(c.completion_tokens for c in out if isinstance(c, Completion)),
-                                      tags={"model": model_id})
+            generated = sum(c.completion_tokens for c in out if isinstance(c, Completion))
+            if generated:  # Ray's Counter refuses an increment of 0, which scoring a prompt (max_tokens 0) makes
+                self.generated_tokens.inc(generated, tags={"model": model_id})
         self.last_batch = (len(prompts), time.monotonic())
         return results
 
@@ -487,7 +511,7 @@ class OpenAIServer:
         (batched or self.batched_generate).set_batch_wait_timeout_s(
             batch_wait_s(size, time.monotonic() - ended, self.cfg.batch_wait_timeout_s))
 
-    def _run(self, model, model_id: str, prompts: list[str], params: Params) -> list[Completion]:
+    def _run(self, model, model_id: str, prompts: list[str | list[int]], params: Params) -> list[Completion]:
         if model is self.peft:
             self.peft.set_adapter(self.peft_names[model_id])
         return generate(model, self.tokenizer, prompts, params)
@@ -521,11 +545,11 @@ class OpenAIServer:
             raise ApiError(404, f"model {self.name!r} is a {self.kind} model: it serves POST "
                            f"{' and '.join(kinds.ROUTES[self.kind])}, not {route}", code="unsupported_route")
 
-    def _params(self, body, max_tokens: int | None) -> Params:
+    def _params(self, body, max_tokens: int | None, logprobs: int | None = None, echo: bool = False) -> Params:
         if body.model != self.name and body.model not in self.adapters:
             raise ApiError(404, f"model {body.model!r} is not served here (see GET /v1/models)", param="model",
                            code="model_not_found")
-        max_tokens = max_tokens or self.cfg.max_tokens
+        max_tokens = self.cfg.max_tokens if max_tokens is None else max_tokens  # 0 (with echo): score the prompt only
         if max_tokens > self.cfg.max_tokens_limit:
             raise ApiError(400, f"max_tokens {max_tokens} is above this server's limit of {self.cfg.max_tokens_limit}",
                            param="max_tokens")
@@ -535,7 +559,7 @@ class OpenAIServer:
         # Below this, sampling is greedy decoding in all but name, and dividing the logits by a
         # near-zero temperature would overflow them to inf.
         temperature = body.temperature if body.temperature >= MIN_TEMPERATURE else 0.0
-        return Params(max_tokens, temperature, body.top_p, tuple(body.stop or ()), body.seed)
+        return Params(max_tokens, temperature, body.top_p, tuple(body.stop or ()), body.seed, logprobs, echo)
 
     def _check_chars(self, chars: int, what: str, param: str | None = None) -> None:
         """400 for a text so long it cannot fit the context, before it is tokenized (tokenizing a
@@ -545,8 +569,18 @@ class OpenAIServer:
                            f"of {self.context} tokens ({self.max_chars} characters)", param=param or what,
                            code="context_length_exceeded")
 
-    def _check_prompt(self, prompt: str, params: Params) -> str:
-        tokens = count_tokens(self.tokenizer, prompt)
+    def _check_prompt(self, prompt: str | list[int], params: Params) -> str | list[int]:
+        """The prompt, once it fits the context with max_tokens; a token-id prompt's ids must be in the vocabulary."""
+        if isinstance(prompt, list):
+            bad = next((t for t in prompt if t >= self.vocab_size), None)
+            if bad is not None:
+                raise ApiError(400, f"prompt: token id {bad} is not in the model's vocabulary (ids 0 to "
+                               f"{self.vocab_size - 1})", param="prompt")
+            tokens = len(prompt)
+        else:
+            tokens = count_tokens(self.tokenizer, prompt)
+        if tokens == 0 and self.kind != "seq2seq":  # nothing for a causal model to continue from
+            raise ApiError(400, "prompt: the prompt is empty", param="prompt")
         if self.kind == "seq2seq":  # the encoder reads the prompt and eos, the decoder writes max_tokens: each within the context
             if max(tokens + 1, params.max_tokens) > self.context:
                 raise ApiError(400, f"prompt ({tokens} tokens + eos) or max_tokens ({params.max_tokens}) exceeds the model's "
@@ -569,7 +603,7 @@ class OpenAIServer:
         self.in_flight += generations
         return Slot(self, generations)
 
-    def _sse(self, model_id: str, prompt: str, params: Params, chat: bool, slot: "Slot") -> StreamingResponse:
+    def _sse(self, model_id: str, prompt: str | list[int], params: Params, chat: bool, slot: "Slot") -> StreamingResponse:
         """Server-sent events for one generation; `slot` (already taken) is held until the stream ends.
 
         The stream generates in a thread of its own, beside the batches. It holds the model's lock

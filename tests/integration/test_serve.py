@@ -116,6 +116,72 @@ def test_bad_requests_get_4xx_with_openai_errors(endpoint):
     assert httpx.get(url.removesuffix("/v1") + "/health").status_code == 200
 
 
+def test_logprobs_echo_and_token_id_prompts_as_lm_eval_sends_them(endpoint):
+    url, base, tuned, tok = endpoint
+    c = client(url)
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in ("Add 2 and 3.", "### Instruction:\nSort the words: b a")]
+    # Scoring only (perplexity, multiple choice): token ids in, echo, no new tokens.
+    scored = c.completions.create(model="tiny", prompt=ids, max_tokens=0, echo=True, logprobs=2, temperature=0)
+    assert scored.usage.prompt_tokens == sum(map(len, ids)) and scored.usage.completion_tokens == 0
+    for choice, prompt in zip(scored.choices, ids):
+        with torch.no_grad():
+            want = torch.log_softmax(base(input_ids=torch.tensor([prompt])).logits[0], -1)[:-1]
+        want = want.gather(1, torch.tensor(prompt[1:])[:, None])[:, 0]
+        lp = choice.logprobs
+        assert choice.text == tok.decode(prompt) and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+        assert torch.allclose(torch.tensor(lp.token_logprobs[1:]), want, atol=1e-4)  # the served weights' own scores
+        assert all(len(top) == 2 for top in lp.top_logprobs[1:]) and lp.text_offset[0] == 0
+    # lm-eval's local-completions loglikelihood request: echo, one new token, logprobs 1.
+    (one,) = c.completions.create(model="tiny", prompt=ids[:1], max_tokens=1, echo=True, logprobs=1, temperature=0).choices
+    assert len(one.logprobs.tokens) == len(ids[0]) + 1
+    assert torch.allclose(torch.tensor(one.logprobs.token_logprobs[1:-1]), torch.tensor(scored.choices[0].logprobs.token_logprobs[1:]),
+                          atol=1e-5)
+
+    prompt = "### Instruction:\nAdd 2 and 3.\n\n### Response:\n"
+    for model_id, local in (("tiny", base), ("tiny-r4-lr0.01", tuned)):  # the adapter's own weights score its answer
+        out = c.completions.create(model=model_id, prompt=prompt, max_tokens=8, temperature=0, logprobs=5)
+        (want,) = generate(local, tok, [prompt], Params(max_tokens=8, temperature=0, logprobs=5))
+        lp = out.choices[0].logprobs
+        assert out.choices[0].text == want.text and lp.tokens == want.logprobs.tokens
+        assert torch.allclose(torch.tensor(lp.token_logprobs), torch.tensor(want.logprobs.token_logprobs), atol=1e-4)
+        assert all(len(top) == 5 and max(top.values()) == chosen for top, chosen in zip(lp.top_logprobs, lp.token_logprobs))
+
+
+def test_chat_logprobs_in_openais_chat_shape(endpoint):
+    url, base, _, tok = endpoint
+    messages = [{"role": "user", "content": "Add 2 and 3."}]
+    chat = client(url).chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0, logprobs=True,
+                                               top_logprobs=3)
+    templated = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    (want,) = generate(base, tok, [templated], Params(max_tokens=8, temperature=0, logprobs=3))
+    content = chat.choices[0].logprobs.content
+    assert [t.token for t in content] == want.logprobs.tokens and chat.choices[0].message.content == want.text
+    for entry, logprob in zip(content, want.logprobs.token_logprobs):
+        assert abs(entry.logprob - logprob) < 1e-4 and entry.bytes == list(entry.token.encode())
+        assert len(entry.top_logprobs) == 3 and entry.top_logprobs[0].logprob == entry.logprob  # greedy
+    plain = client(url).chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0)
+    assert plain.choices[0].logprobs is None
+
+
+def test_bad_logprob_requests_get_4xx_naming_the_field(endpoint):
+    url, _, _, tok = endpoint
+    c = client(url)
+    refused = [
+        (openai.UnprocessableEntityError, "logprobs", lambda: c.completions.create(model="tiny", prompt="hi", logprobs=50)),
+        (openai.BadRequestError, "prompt", lambda: c.completions.create(model="tiny", prompt=[[5, len(tok) + 7]], max_tokens=1)),
+        (openai.BadRequestError, "max_tokens", lambda: c.completions.create(model="tiny", prompt="hi", max_tokens=0)),
+        (openai.BadRequestError, "top_logprobs", lambda: c.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}], top_logprobs=2)),
+        (openai.BadRequestError, "logprobs", lambda: c.completions.create(model="tiny", prompt="hi", logprobs=1, stream=True)),
+        (openai.BadRequestError, "best_of", lambda: c.completions.create(model="tiny", prompt="hi", best_of=3)),
+        (openai.BadRequestError, "logit_bias", lambda: c.completions.create(model="tiny", prompt="hi", logit_bias={"5": 10})),
+    ]
+    for error, field, call in refused:
+        with pytest.raises(error) as raised:
+            call()
+        assert raised.value.param == field and field in raised.value.message, raised.value.body
+
+
 def test_serve_and_endpoint_metrics_are_exported_for_prometheus(endpoint):
     import ray
 
