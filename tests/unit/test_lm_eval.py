@@ -1,5 +1,5 @@
 """lm-evaluation-harness in the evaluate phase, without Ray: the lifecycle tasks score the bundled
-suites exactly as the phase's own scorer does."""
+suites exactly as the phase's own scorer does, and the config check refuses unknown task names."""
 
 import pytest
 from transformers import AutoTokenizer
@@ -8,8 +8,9 @@ from components.core.metrics import choose, option_logprobs
 from components.core.models import load_trained
 from components.data.benchmarks import load_benchmark
 from components.evaluate import harness
-from components.evaluate.config import GateConfig
+from components.evaluate.config import EvaluateConfig, GateConfig
 from components.evaluate.gate import decide
+from components.evaluate.step import check
 from tests.checkpoints import save_checkpoint
 
 
@@ -29,6 +30,18 @@ def test_lifecycle_tasks_choose_as_the_evaluate_phase_does_item_by_item(tmp_path
         assert max(abs(a - b) for x, y in zip(theirs, ours) for a, b in zip(x, y)) < 1e-4, suite
         # lm-eval's acc is the step's accuracy_<suite>: argmax of the summed log-likelihoods.
         assert found[f"lm_eval_lifecycle_{suite}_acc"] == pytest.approx(sum(choose(lp) == i.label for lp, i in zip(ours, items)) / len(items))
+
+
+def test_the_config_check_refuses_unknown_task_names_and_names_close_ones():
+    with pytest.raises(ValueError, match=r"field 'lm_eval_tasks': unknown lm-eval task 'lifecycle_sst' \(close: lifecycle_sst2"):
+        check(EvaluateConfig(lm_eval_tasks=["lifecycle_sst"]))
+    # lm-eval's own registry too (its index, ~8 s): hellaswag and the lifecycle tag are known, a typo is not.
+    with pytest.raises(ValueError, match=r"^field 'lm_eval_tasks': unknown lm-eval task 'hellaswg' \(close: [^)]*\bhellaswag\b[^;]*$"):
+        check(EvaluateConfig(lm_eval_tasks=["hellaswag", "lifecycle", "hellaswg"]))
+    # A lifecycle task reads its suite where benchmark_paths says, whether or not `benchmarks` scores it too.
+    with pytest.raises(ValueError, match=r"field 'benchmark_paths.mnli': /nowhere/mnli.jsonl does not exist"):
+        check(EvaluateConfig(benchmarks=[], lm_eval_tasks=["lifecycle_mnli"], benchmark_paths={"mnli": "/nowhere/mnli.jsonl"}))
+    assert check(EvaluateConfig(benchmarks=[], lm_eval_tasks=["lifecycle_sst2", "lifecycle_mmlu"])).lm_eval_tasks
 
 
 def test_task_files_metric_names_and_a_gate_on_them():
