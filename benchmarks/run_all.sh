@@ -2,7 +2,7 @@
 # Run the CPU benchmarks one after another, then refresh docs/benchmarks.md from their results.
 #
 #   benchmarks/run_all.sh                  # all five, about 20 minutes on 2 quiet cores
-#   benchmarks/run_all.sh train workflow   # only these: train sweep workflow serve compress
+#   benchmarks/run_all.sh train workflow   # only these: train sweep workflow serve compress lm_eval
 #
 # Each benchmark writes benchmarks/results/NAME.json and NAME.md (its table, with the exact command,
 # the machine and the date); its log goes to benchmarks/results/logs/NAME.log. At the end
@@ -21,7 +21,7 @@ export RAY_TMPDIR
 trap 'rm -rf "$RAY_TMPDIR"' EXIT
 
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(train lora sweep workflow serve compress)
+[ ${#names[@]} -gt 0 ] || names=(train lora sweep workflow serve compress lm_eval)
 start=$SECONDS
 times=()
 for name in "${names[@]}"; do
@@ -35,7 +35,8 @@ for name in "${names[@]}"; do
     serve)    cmd=("$PY" benchmarks/report.py capture serve_bench -- "$PY" benchmarks/serve_bench.py) ;;
     compress) cmd=("$PY" benchmarks/report.py capture compress_bench -- "$PY" benchmarks/compress_bench.py --repeats 3
                    --out "$RESULTS/compress_bench.json") ;;
-    *) echo "unknown benchmark '$name' (train lora sweep workflow serve compress)" >&2; exit 2 ;;
+    lm_eval)  cmd=("$PY" benchmarks/lm_eval_bench.py) ;;
+    *) echo "unknown benchmark '$name' (train lora sweep workflow serve compress lm_eval)" >&2; exit 2 ;;
   esac
   if ! "${cmd[@]}" > "$RESULTS/logs/$name.out" 2> "$RESULTS/logs/$name.log"; then
     echo "$name failed; the end of its log ($RESULTS/logs/$name.log):" >&2

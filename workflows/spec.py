@@ -319,6 +319,10 @@ def _check_classifier_input(spec: WorkflowSpec, configs: dict[str, BaseModel], n
         raise SpecError(_at(path, lines, ("steps", name, "needs"),
                             f"step '{name}', field 'needs': '{source}' is a token classifier (task ner), and evaluate scores "
                             "sst2 or mnli sequence classifiers; its entity F1 is in the classify step's own metrics"))
+    if configs[name].lm_eval_tasks:
+        raise SpecError(_at(path, lines, ("steps", name, "with", "lm_eval_tasks"),
+                            f"step '{name}', field 'lm_eval_tasks': lm-eval scores a language model's text, and '{source}' is an "
+                            f"{task} classifier; its accuracy_{task} is the evaluate step's own"))
     if task not in configs[name].benchmarks:
         raise SpecError(_at(path, lines, ("steps", name, "with", "benchmarks"),
                             f"step '{name}', field 'benchmarks': its model is an {task} classifier (from '{source}'), and "

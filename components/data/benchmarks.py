@@ -17,7 +17,6 @@ Malformed input raises `DataError` naming `file:line` and the field.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import itertools
 import json
@@ -565,23 +564,3 @@ def perturb(text: str, kind: str, seed: int) -> str:
         for i in rng.sample(spaces, min(len(spaces), max(1, round(0.3 * len(spaces))))):
             chars[i] = " " * rng.randint(2, 3)
     return "".join(chars)
-
-
-# --- EleutherAI lm-evaluation-harness, when installed ----------------------------------------
-
-
-def lm_eval_available() -> bool:
-    """Whether EleutherAI's `lm_eval` package can be imported (it is not a dependency)."""
-    return importlib.util.find_spec("lm_eval") is not None
-
-
-def run_lm_eval(model_dir: str, tasks: list[str], limit: int | None = None) -> dict:
-    """lm-eval's own scores of the HF checkpoint `model_dir` on its `tasks`: the `results` dict
-    (task -> metric -> value). The harness downloads the task data from the hub itself.
-    """
-    if not lm_eval_available():
-        raise RuntimeError("lm_eval is not installed: pip install lm-eval (EleutherAI lm-evaluation-harness)")
-    from lm_eval import evaluator  # deferred: an optional package, checked for above
-
-    out = evaluator.simple_evaluate(model="hf", model_args=f"pretrained={model_dir}", tasks=list(tasks), limit=limit)
-    return {} if out is None else out["results"]  # None on non-zero ranks of a distributed run

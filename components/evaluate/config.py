@@ -32,9 +32,18 @@ class EvaluateConfig(BaseModel):
         default_factory=lambda: ["typo"], description="Prompt perturbations for the robustness axis (accuracy on perturbed prompts)."
     )
     lm_eval_tasks: list[str] = Field(
-        default_factory=list, description="EleutherAI lm-evaluation-harness tasks to run too (needs `lm_eval` installed)."
+        default_factory=list,
+        description="EleutherAI lm-evaluation-harness tasks run in-process on the model (lm-eval's HFLM, on a replica's "
+                    "resources): this project's offline lifecycle_sst2, lifecycle_mnli, lifecycle_boolq, lifecycle_mmlu (the "
+                    "tag `lifecycle`: all four; the items and prompts of `benchmarks`, from benchmark_paths or the bundled "
+                    "copies) or any task of lm-eval's registry (hellaswag, arc_easy, mmlu, gsm8k: their data from the "
+                    "Hugging Face hub). Metrics lm_eval_<task>_<metric>, e.g. lm_eval_lifecycle_sst2_acc.",
     )
-    batch_size: int = Field(16, ge=1, description="Work items per batch on a model replica.")
+    lm_eval_limit: int | None = Field(
+        None, ge=1, description="Items per lm-eval task at most (lm-eval's `limit`; None: all). The lifecycle tasks "
+                                "also stop at benchmark_limit, as the step's own suites do."
+    )
+    batch_size: int = Field(16, ge=1, description="Work items per batch on a model replica; also lm-eval's batch size.")
     replicas: int | None = Field(None, ge=1, description="Model replicas at most; None: the spec's scale.workers.")
     ray_data_min_items: int = Field(
         5000, ge=0,

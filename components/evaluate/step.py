@@ -23,6 +23,7 @@ from components.artifact import Artifact, StepContext
 from components.core import metrics as M
 from components.core.chat import answer_end_id, render_prompt
 from components.core.models import family_of, weights_bytes
+from components.core.quantize import RECIPE
 from components.data.benchmarks import Item, bundled_path, load_benchmark, perturb
 from components.data.corpus import DataError, read_jsonl
 from components.data.instructions import Example, read_examples_jsonl, spread
@@ -30,6 +31,7 @@ from components.data.tokenizer import token_stream
 from components.evaluate.config import EvaluateConfig
 from components.evaluate.replica import ModelReplica
 from components.scoring import AnswerMemo, reuse_tags
+from components.storage import localize
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,18 @@ class Request:
 
 
 def check(cfg: EvaluateConfig, workdir: Path | None = None) -> EvaluateConfig:
-    """Before Ray starts: benchmark files load, lm_eval is installed when tasks ask for it."""
-    for task in cfg.benchmarks:
+    """Before Ray starts: lm_eval_tasks are tasks lm-eval knows (this project's or its registry's),
+    and the benchmark files of the suites and lifecycle tasks asked for load."""
+    if cfg.lm_eval_tasks:
+        from components.evaluate import harness  # deferred: lm_eval's import (~1 s) is for steps that ask for it
+
+        problems = harness.unknown_tasks(cfg.lm_eval_tasks)
+        if problems:
+            raise ValueError(f"field 'lm_eval_tasks': {'; '.join(problems)}")
+        suites = list(dict.fromkeys([*cfg.benchmarks, *harness.suites_of(cfg.lm_eval_tasks)]))
+    else:
+        suites = list(cfg.benchmarks)
+    for task in suites:
         path = cfg.benchmark_paths.get(task)
         if path is None:
             try:
@@ -53,13 +65,9 @@ def check(cfg: EvaluateConfig, workdir: Path | None = None) -> EvaluateConfig:
                 raise ValueError(f"field 'benchmark_paths.{task}': {e}") from None
         elif not path.startswith("hf:") and not os.path.exists(path):
             raise ValueError(f"field 'benchmark_paths.{task}': {path} does not exist")
-    for task in set(cfg.benchmark_paths) - set(cfg.benchmarks):
-        raise ValueError(f"field 'benchmark_paths.{task}': {task!r} is not in benchmarks {cfg.benchmarks}")
-    if cfg.lm_eval_tasks:
-        from components.data.benchmarks import lm_eval_available
-
-        if not lm_eval_available():
-            raise ValueError("field 'lm_eval_tasks': EleutherAI lm-evaluation-harness is not installed (pip install lm-eval)")
+    for task in set(cfg.benchmark_paths) - set(suites):
+        raise ValueError(f"field 'benchmark_paths.{task}': {task!r} is not in benchmarks {cfg.benchmarks} "
+                         f"nor read by a lifecycle_ task of lm_eval_tasks")
     return cfg
 
 
@@ -108,19 +116,31 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
             for kind in cfg.perturbations:
                 add(Request("benchmark", item=item, variant=kind), "choice", _perturbed(item.context, kind, cfg.seed), item.options)
 
-    # 2. Score them on model replicas, one model copy each (Ray tasks, or a Ray Data actor pool for a large set).
-    with ctx.timed("scoring"):  # the replicas' start, model loading and work
-        scored = _score(rows, model.uri, cfg, ctx) if rows else {}
+    # 2. Score them on model replicas, one model copy each (Ray tasks, or a Ray Data actor pool for a large set),
+    # and run lm-eval's tasks on one replica's resources beside them (submitted first, so it starts where Ray has room).
+    harness_run = (_run_harness.options(num_cpus=ctx.cpus_per_worker, **_replica_resources(ctx))
+                   .remote(model.uri, cfg, max(1, int(ctx.cpus_per_worker))) if cfg.lm_eval_tasks else None)
+    try:
+        with ctx.timed("scoring"):  # the replicas' start, model loading and work
+            scored = _score(rows, model.uri, cfg, ctx) if rows else {}
+    except BaseException:
+        if harness_run is not None:  # the step fails: free its replica's resources too
+            ray.cancel(harness_run)
+        raise
     results = [kept[i] if i in kept else scored[i] for i in range(len(requests))]
     tracking.set_tags(ctx.tracking_uri, ctx.run_id, reuse_tags(evaluated=memo))
 
     # 3. Summarise into metrics, write the artifact, log to the step's run.
     scores = summarise(requests, results, cfg)
     scores["model_bytes"] = float(weights_bytes(model.path))
-    if cfg.lm_eval_tasks:
-        from components.data.benchmarks import run_lm_eval
+    if harness_run is not None:
+        from components.evaluate import harness
 
-        scores.update({f"lm_eval_{k}": v for k, v in _flat_numbers(run_lm_eval(str(model.path), cfg.lm_eval_tasks)).items()})
+        with ctx.timed("lm_eval_wait"):  # what the step waited for lm-eval after its own scoring
+            lm_eval, ctx.seconds["lm_eval"] = ray.get(harness_run)
+        scores.update(harness.metrics(lm_eval["results"]))
+        (ctx.output_dir / "lm_eval.json").write_text(json.dumps(lm_eval, indent=1, sort_keys=True, default=str))
+        tracking.log_dict(ctx.tracking_uri, ctx.run_id, json.loads(json.dumps(lm_eval, default=str)), "lm_eval.json")
     (ctx.output_dir / "scores.json").write_text(json.dumps(scores, indent=1, sort_keys=True))
     with open(ctx.output_dir / "predictions.jsonl", "w") as f:
         for request, result in zip(requests, results):
@@ -140,7 +160,7 @@ def _score(rows: list[dict], model_dir: str, cfg: EvaluateConfig, ctx: StepConte
     """Each row's outputs by its id, computed by `ModelReplica`s: through Ray Data for a large set,
     else on one Ray task per replica."""
     replicas = min(cfg.replicas or ctx.workers, max(1, math.ceil(len(rows) / cfg.batch_size)))
-    resources = {"num_gpus": ctx.gpus_per_worker} if ctx.gpus_per_worker else {}
+    resources = _replica_resources(ctx)
     replica_args = {"model_dir": model_dir, "max_new_tokens": cfg.max_new_tokens, "threads": max(1, int(ctx.cpus_per_worker))}
     results: dict[int, dict] = {}
     if len(rows) < cfg.ray_data_min_items:
@@ -169,6 +189,31 @@ def _score(rows: list[dict], model_dir: str, cfg: EvaluateConfig, ctx: StepConte
         if len(results) % 100 == 0 or len(results) == len(rows):
             ctx.progress({"scored": len(results), "items": len(rows)})
     return results
+
+
+def _replica_resources(ctx: StepContext) -> dict:
+    return {"num_gpus": ctx.gpus_per_worker} if ctx.gpus_per_worker else {}
+
+
+@ray.remote
+def _run_harness(model_dir: str, cfg: EvaluateConfig, threads: int) -> tuple[dict, float]:
+    """lm-eval's tasks `cfg.lm_eval_tasks` on the model (a Ray task with a replica's resources): the
+    JSON-able parts of its output (results, versions, n-samples, n-shot, higher_is_better) and its wall seconds."""
+    import time
+
+    import torch
+
+    from components.evaluate import harness
+
+    start = time.perf_counter()
+    torch.set_num_threads(threads)  # as a replica: its reserved CPUs, not every core of the node
+    model_dir = localize(model_dir)  # a copy on this node when the run's storage is an object store
+    on_gpu = ray.get_gpu_ids() and not (model_dir / RECIPE).exists()  # as ModelReplica: int8 kernels are CPU-only
+    out = harness.evaluate(model_dir, cfg.lm_eval_tasks, batch_size=cfg.batch_size, limit=cfg.lm_eval_limit,
+                           benchmark_paths=cfg.benchmark_paths, benchmark_limit=cfg.benchmark_limit,
+                           device="cuda" if on_gpu else None)
+    keep = {k: out[k] for k in ("results", "groups", "versions", "n-samples", "n-shot", "higher_is_better") if k in out}
+    return keep, time.perf_counter() - start
 
 
 @ray.remote
@@ -246,14 +291,3 @@ def _segments(docs: list[str], tokenizer, max_tokens: int, segment: int) -> list
     """The validation text as one token stream (documents joined by eos), cut into work items."""
     ids = token_stream(docs, tokenizer, max_tokens)
     return [ids[i : i + segment] for i in range(0, len(ids), segment) if len(ids[i : i + segment]) > 1]
-
-
-def _flat_numbers(d: dict, prefix: str = "") -> dict[str, float]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}".replace(",", "_").replace(" ", "_")
-        if isinstance(v, dict):
-            out.update(_flat_numbers(v, key + "_"))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[key] = float(v)
-    return out

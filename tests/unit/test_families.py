@@ -185,6 +185,9 @@ def test_the_validator_refuses_evaluate_on_a_token_classifier_or_a_bare_bert(tmp
                                         r"\(from 'mnli'\)"):
         load_spec(pruned)
     assert load_spec(pruned, ["evaluate.benchmarks=[mnli]"]).configs["evaluate"].benchmarks == ["mnli"]
+    with pytest.raises(SpecError, match=r"step 'evaluate', field 'lm_eval_tasks': lm-eval scores a language model's text, "
+                                        r"and 'mnli' is an mnli classifier"):
+        load_spec(pruned, ["evaluate.benchmarks=[mnli]", "evaluate.lm_eval_tasks=[lifecycle_mnli]"])
 
 
 def test_the_validator_refuses_compressing_a_bare_bert_and_lets_classifiers_through(tmp_path):

@@ -1,0 +1,133 @@
+"""EleutherAI's lm-evaluation-harness in the evaluate phase: its task registry, plus this project's
+benchmark suites as offline lm-eval tasks, run in-process on one model.
+
+Task names are lm-eval's own (`hellaswag`, `arc_easy`, `mmlu`, `gsm8k`: their data comes from the
+Hugging Face hub, so they need it or its cache) or this project's `lifecycle_<suite>` for each
+bundled suite (`lm_eval_tasks/*.yaml`: sst2, mnli, boolq, mmlu; the tag `lifecycle` names all
+four). A lifecycle task reads its items through `components.data.benchmarks.load_benchmark`,
+the evaluate phase's own reader and prompts, from the bundled copy or the step's
+`benchmark_paths`, so it needs no network and scores exactly the items the step's own scorer
+does: lm-eval's `acc` there equals the step's `accuracy_<suite>`.
+
+Results become flat metrics `lm_eval_<task>_<metric>`, e.g. `lm_eval_lifecycle_sst2_acc` or
+`lm_eval_gsm8k_exact_match_strict_match` (lm-eval's filter name is appended unless it is
+"none"); a gate reads them like any other metric.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
+PREFIX = "lifecycle_"  # this project's tasks; no task of lm-eval's own registry starts with it
+TAG = "lifecycle"  # names every lifecycle task at once
+SUITES = ("sst2", "mnli", "boolq", "mmlu")  # the bundled suites with a task file lifecycle_<suite>.yaml
+
+
+def suite_docs(suite: str, benchmark_paths: dict[str, str] | None = None, benchmark_limit: int | None = None, **_: Any):
+    """The lifecycle tasks' `custom_dataset`: the items of benchmark `suite` as a DatasetDict with one
+    split, "test", of rows {context: str, options: list[str], label: int, subject: str}.
+
+    lm-eval calls it with the task's metadata (benchmark_paths, benchmark_limit: the evaluate
+    step's fields, passed through TaskManager's metadata) and its dataset_kwargs (suite).
+    """
+    import datasets  # deferred: only a lifecycle task's load needs it
+
+    from components.data.benchmarks import load_benchmark
+
+    items = load_benchmark(suite, (benchmark_paths or {}).get(suite), limit=benchmark_limit)
+    rows = [{"context": i.context, "options": list(i.options), "label": i.label, "subject": i.subject} for i in items]
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
+
+
+def own_tasks() -> list[str]:
+    """The names this project's task files define (tasks and the `lifecycle` tag), sorted."""
+    return sorted(_task_manager(defaults=False).all_tasks)
+
+
+def _task_manager(defaults: bool, metadata: dict | None = None):
+    """lm-eval's TaskManager over this project's task files, and over lm-eval's own when `defaults`.
+
+    Indexing lm-eval's ~15,000 task files takes ~8 s on one core, so it is skipped when every
+    name asked for is this project's.
+    """
+    from lm_eval.tasks import TaskManager  # deferred: ~1 s to import, and only steps with lm_eval_tasks need it
+
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=defaults, metadata=metadata)
+
+
+def _needs_defaults(tasks: list[str]) -> bool:
+    return any(not (t.startswith(PREFIX) or t == TAG) for t in tasks)
+
+
+def suites_of(tasks: list[str]) -> list[str]:
+    """The benchmark suites (SUITES) that the lifecycle tasks among `tasks` read, in SUITES order."""
+    return [s for s in SUITES if TAG in tasks or f"{PREFIX}{s}" in tasks]
+
+
+def unknown_tasks(tasks: list[str]) -> list[str]:
+    """One sentence per name in `tasks` that neither lm-eval's registry nor this project's task files
+    define, naming up to five close names; [] when every name is known."""
+    known = set(_task_manager(defaults=_needs_defaults(tasks)).all_tasks)
+    problems = []
+    for name in tasks:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=5, cutoff=0.6)
+            problems.append(f"unknown lm-eval task {name!r}" + (f" (close: {', '.join(close)})" if close else
+                                                                  f" (this project's: {', '.join(own_tasks())})"))
+    return problems
+
+
+def evaluate(model_dir: str | Path, tasks: list[str], batch_size: int = 16, limit: int | None = None,
+             benchmark_paths: dict[str, str] | None = None, benchmark_limit: int | None = None,
+             log_samples: bool = False, device: str | None = None) -> dict:
+    """lm-eval's `simple_evaluate` of the model saved in `model_dir` on `tasks`, in this process.
+
+    The model is loaded as the evaluate phase's replicas load it (`load_trained`: a quantized or
+    prompt-tuned model too) and handed to lm-eval's HFLM with its tokenizer; `device` None keeps
+    it on the CPU. batch_size: requests per forward pass. limit: items per task at most
+    (lm-eval's `limit`). benchmark_paths / benchmark_limit: what the lifecycle tasks read (the
+    evaluate step's fields). Returns simple_evaluate's dict: "results" (task -> "metric,filter"
+    -> value), "configs", "versions", "n-samples", and "samples" (task -> per-item records with
+    "doc", "filtered_resps": [(log-likelihood in nats, is_greedy)] per option) when log_samples.
+    """
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoTokenizer
+
+    from components.core.models import load_trained
+
+    tasks = list(tasks)
+    model = load_trained(model_dir)
+    if device is not None:
+        model.to(device)
+    lm = HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(model_dir), batch_size=batch_size)
+    metadata = {"benchmark_paths": dict(benchmark_paths or {}), "benchmark_limit": benchmark_limit}
+    out = simple_evaluate(model=lm, tasks=tasks, task_manager=_task_manager(_needs_defaults(tasks), metadata),
+                          limit=limit, log_samples=log_samples)
+    if out is None:  # only on a non-zero rank of a distributed run, which this single process is not
+        raise RuntimeError("lm-eval returned no results")
+    return out
+
+
+def metrics(results: dict[str, dict]) -> dict[str, float]:
+    """Flat metrics of lm-eval's `results` (task -> {"metric,filter": value}): `lm_eval_<task>_<metric>`,
+    with `_<filter>` appended unless the filter is "none", any character outside [A-Za-z0-9_] as "_".
+
+    Standard errors (`*_stderr`) and non-numbers ("alias", "N/A") are left out: they stay in the
+    step's lm_eval.json.
+    """
+    out = {}
+    for task, values in results.items():
+        for key, value in values.items():
+            if "," not in key or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            metric, _, filter_name = key.partition(",")
+            if metric.endswith("_stderr"):
+                continue
+            name = f"lm_eval_{task}_{metric}" + ("" if filter_name == "none" else f"_{filter_name}")
+            out[re.sub(r"\W", "_", name, flags=re.ASCII)] = float(value)
+    return out

@@ -1,0 +1,37 @@
+"""lm-eval through the real engine: an evaluate step with lm_eval_tasks on a local Ray and a real
+MLflow, its numbers in the step's metrics and run, and a gate that reads them."""
+
+import json
+
+import yaml
+
+from components import tracking
+from tests.conftest import smoke_subset
+from workflows import engine
+from workflows.spec import load_spec
+
+QUICK = ["pretrain.max_steps=40", "pretrain.warmup_steps=4", "pretrain.log_every=10", "pretrain.eval_every=20",
+         "pretrain.checkpoint_every=20", "pretrain.eval_tokens=2000"]
+
+
+def test_an_evaluate_step_runs_lm_eval_and_a_gate_reads_it(ray_address, tmp_path):
+    path = smoke_subset(tmp_path)
+    spec = yaml.safe_load(path.read_text())
+    spec["steps"]["evaluate"] = {"uses": "evaluate", "needs": ["pretrain"], "with": {
+        "benchmarks": ["sst2", "mmlu"], "benchmark_limit": 8, "perturbations": [],
+        "lm_eval_tasks": ["lifecycle_sst2", "lifecycle_mmlu"]}}
+    spec["steps"]["gate"] = {"uses": "gate", "needs": ["evaluate"], "with": {"min": {"lm_eval_lifecycle_sst2_acc": 0.0}}}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    workdir = tmp_path / "wd"
+    _, outcomes = engine.run(load_spec(path, QUICK), workdir, ray_address)
+    assert [o.state for o in outcomes] == ["done"] * 5, [o.error for o in outcomes]
+    evaluation = next(o.artifact for o in outcomes if o.step == "evaluate")
+    metrics = evaluation.metrics
+    # The same 8 items per suite, scored by lm-eval and by the step's replicas: the same accuracy.
+    for suite in ("sst2", "mmlu"):
+        assert metrics[f"lm_eval_lifecycle_{suite}_acc"] == metrics[f"accuracy_{suite}"]
+    results = json.loads((evaluation.path / "lm_eval.json").read_text())
+    assert results["n-samples"]["lifecycle_sst2"]["effective"] == 8
+    logged = tracking.run_metrics(tracking.tracking_uri_for(workdir), evaluation.run_id)
+    assert logged["lm_eval_lifecycle_mmlu_acc"] == metrics["lm_eval_lifecycle_mmlu_acc"] and logged["seconds_lm_eval"] > 0
+    assert next(o.artifact for o in outcomes if o.step == "gate").metrics["passed"] == 1.0
