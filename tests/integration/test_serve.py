@@ -391,9 +391,11 @@ def test_lm_eval_scores_the_endpoint_as_it_scores_the_model_in_process(endpoint,
     out = tmp_path / "cli"
     subprocess.run([sys.executable, "-m", "lm_eval", "--model", "local-completions", "--model_args",
                     f"base_url={url}/completions,model=tiny,tokenizer={folder},tokenizer_backend=huggingface",
-                    "--tasks", "lifecycle_boolq", "--include_path", str(harness.TASKS_DIR), "--limit", str(limit),
-                    "--output_path", str(out)],
+                    "--tasks", f"lifecycle_boolq,{harness.INSTRUCTIONS}", "--include_path", str(harness.TASKS_DIR),
+                    "--metadata", json.dumps({"instructions_path": str(split)}), "--limit", str(limit), "--output_path", str(out)],
                    check=True, cwd=Path(__file__).parents[2], env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
                    capture_output=True, timeout=120)
     (written,) = out.rglob("results_*.json")
-    assert json.loads(written.read_text())["results"]["lifecycle_boolq"]["acc,none"] == served["results"]["lifecycle_boolq"]["acc,none"]
+    results = json.loads(written.read_text())["results"]
+    assert results["lifecycle_boolq"]["acc,none"] == served["results"]["lifecycle_boolq"]["acc,none"]
+    assert results[harness.INSTRUCTIONS]["exact_match,none"] == served["results"][harness.INSTRUCTIONS]["exact_match,none"]
