@@ -4,7 +4,8 @@ benchmark suites as offline lm-eval tasks, run in-process on one model.
 Task names are lm-eval's own (`hellaswag`, `arc_easy`, `mmlu`, `gsm8k`: their data comes from the
 Hugging Face hub, so they need it or its cache) or this project's `lifecycle_<suite>` for each
 bundled suite (`lm_eval_tasks/*.yaml`: sst2, mnli, boolq, mmlu; the tag `lifecycle` names all
-four). A lifecycle task reads its items through `components.data.benchmarks.load_benchmark`,
+four), plus `lifecycle_instructions`: greedy generation with exact match over an instructions
+split (a JSONL file named by metadata `instructions_path`). A lifecycle task reads its items through `components.data.benchmarks.load_benchmark`,
 the evaluate phase's own reader and prompts, from the bundled copy or the step's
 `benchmark_paths`, so it needs no network and scores exactly the items the step's own scorer
 does: lm-eval's `acc` there equals the step's `accuracy_<suite>`.
@@ -25,6 +26,7 @@ TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
 PREFIX = "lifecycle_"  # this project's tasks; no task of lm-eval's own registry starts with it
 TAG = "lifecycle"  # names every lifecycle task at once
 SUITES = ("sst2", "mnli", "boolq", "mmlu")  # the bundled suites with a task file lifecycle_<suite>.yaml
+INSTRUCTIONS = "lifecycle_instructions"  # generation over an instructions split; needs metadata instructions_path
 
 
 def suite_docs(suite: str, benchmark_paths: dict[str, str] | None = None, benchmark_limit: int | None = None, **_: Any):
@@ -41,6 +43,30 @@ def suite_docs(suite: str, benchmark_paths: dict[str, str] | None = None, benchm
     items = load_benchmark(suite, (benchmark_paths or {}).get(suite), limit=benchmark_limit)
     rows = [{"context": i.context, "options": list(i.options), "label": i.label, "subject": i.subject} for i in items]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
+
+
+def instruction_docs(instructions_path: str | None = None, instruction_limit: int | None = None, **_: Any):
+    """The `lifecycle_instructions` task's `custom_dataset`: the examples of the JSONL file
+    `instructions_path` (an instructions step's split, `read_examples_jsonl`), the first
+    `instruction_limit` of them when set, as a DatasetDict with one split, "test", of rows
+    {prompt: str (Alpaca prompt ending in "### Response:\n"), response: str, family: str}.
+    """
+    import datasets
+
+    from components.data.instructions import read_examples_jsonl
+
+    if not instructions_path:
+        raise ValueError(f"{INSTRUCTIONS} reads an instructions split: pass its JSONL path as metadata instructions_path")
+    examples = read_examples_jsonl(instructions_path)[:instruction_limit]
+    rows = [{"prompt": e.prompt, "response": e.response, "family": e.family} for e in examples]
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
+
+
+def task_manager(metadata: dict | None = None):
+    """lm-eval's TaskManager over this project's task files only, with `metadata` (benchmark_paths,
+    benchmark_limit, instructions_path, instruction_limit) for the tasks' readers; for
+    `simple_evaluate(task_manager=...)` with any model, e.g. lm-eval's local-completions on the endpoint."""
+    return _task_manager(defaults=False, metadata=metadata)
 
 
 def own_tasks() -> list[str]:
@@ -83,16 +109,17 @@ def unknown_tasks(tasks: list[str]) -> list[str]:
 
 def evaluate(model_dir: str | Path, tasks: list[str], batch_size: int = 16, limit: int | None = None,
              benchmark_paths: dict[str, str] | None = None, benchmark_limit: int | None = None,
-             log_samples: bool = False, device: str | None = None) -> dict:
+             log_samples: bool = False, device: str | None = None, instructions_path: str | None = None) -> dict:
     """lm-eval's `simple_evaluate` of the model saved in `model_dir` on `tasks`, in this process.
 
     The model is loaded as the evaluate phase's replicas load it (`load_trained`: a quantized or
     prompt-tuned model too) and handed to lm-eval's HFLM with its tokenizer; `device` None keeps
     it on the CPU. batch_size: requests per forward pass. limit: items per task at most
     (lm-eval's `limit`). benchmark_paths / benchmark_limit: what the lifecycle tasks read (the
-    evaluate step's fields). Returns simple_evaluate's dict: "results" (task -> "metric,filter"
-    -> value), "configs", "versions", "n-samples", and "samples" (task -> per-item records with
-    "doc", "filtered_resps": [(log-likelihood in nats, is_greedy)] per option) when log_samples.
+    evaluate step's fields). instructions_path: the JSONL split `lifecycle_instructions` reads.
+    Returns simple_evaluate's dict: "results" (task -> "metric,filter" -> value), "configs",
+    "versions", "n-samples", and "samples" (task -> per-item records with "doc", "filtered_resps":
+    [(log-likelihood in nats, is_greedy)] per option, or [generated text]) when log_samples.
     """
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -105,7 +132,8 @@ def evaluate(model_dir: str | Path, tasks: list[str], batch_size: int = 16, limi
     if device is not None:
         model.to(device)
     lm = HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(model_dir), batch_size=batch_size)
-    metadata = {"benchmark_paths": dict(benchmark_paths or {}), "benchmark_limit": benchmark_limit}
+    metadata = {"benchmark_paths": dict(benchmark_paths or {}), "benchmark_limit": benchmark_limit,
+                "instructions_path": instructions_path}
     out = simple_evaluate(model=lm, tasks=tasks, task_manager=_task_manager(_needs_defaults(tasks), metadata),
                           limit=limit, log_samples=log_samples)
     if out is None:  # only on a non-zero rank of a distributed run, which this single process is not

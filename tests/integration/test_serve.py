@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -337,3 +339,63 @@ def test_haproxy_answers_on_the_serve_port_as_under_lifecycle_run(endpoint, serv
     own = Path(os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent
     configs = list(own.glob("**/haproxy.cfg"))  # Ray writes it in a folder per node
     assert own.name.startswith("lh-") and configs and f":{serve_port}" in configs[0].read_text()
+
+
+def test_lm_eval_scores_the_endpoint_as_it_scores_the_model_in_process(endpoint, tmp_path, monkeypatch):
+    """lm-eval's own local-completions client over HTTP against the served "tiny", and lm-eval's HFLM on
+    the same weights in this process: the same items, the same choice on each, log-likelihoods
+    (nats, summed over an option's tokens) within 1e-4, and the same greedy answers."""
+    from lm_eval import simple_evaluate
+
+    from components.data.instructions import split_examples, write_examples_jsonl
+    from components.evaluate import harness
+
+    url, base, _, tok = endpoint
+    folder = tmp_path / "tiny"  # the served base's weights and tokenizer, as a model folder for HFLM and lm-eval's tokenizer
+    base.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    split = tmp_path / "test.jsonl"  # an instructions step's held-out split, as that step writes it
+    write_examples_jsonl(split, split_examples(generate_tasks(4, seed=3), seed=0, test_fraction=0.5)["test"][:6])
+    tasks, limit = ["lifecycle_boolq", "lifecycle_sst2", harness.INSTRUCTIONS], 20
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)  # local-completions sends it as "Authorization: Bearer <key>"
+    started = time.monotonic()
+    served = simple_evaluate(
+        model="local-completions",
+        model_args={"base_url": f"{url}/completions", "model": "tiny", "tokenizer": str(folder),
+                    "tokenizer_backend": "huggingface", "num_concurrent": 1, "max_retries": 1},
+        tasks=tasks, task_manager=harness.task_manager({"instructions_path": str(split)}), limit=limit, log_samples=True)
+    seconds = time.monotonic() - started
+    local = harness.evaluate(folder, tasks, batch_size=16, limit=limit, log_samples=True, instructions_path=str(split))
+
+    def by_item(out, task):
+        return sorted(out["samples"][task], key=lambda s: s["doc_id"])
+
+    worst = 0.0
+    for task in tasks[:2]:
+        theirs, ours = by_item(served, task), by_item(local, task)
+        assert len(theirs) == len(ours) == limit and [s["doc"] for s in theirs] == [s["doc"] for s in ours]
+        for a, b in zip(theirs, ours):
+            lla, llb = [ll for ll, _ in a["filtered_resps"]], [ll for ll, _ in b["filtered_resps"]]
+            assert max(range(len(lla)), key=lla.__getitem__) == max(range(len(llb)), key=llb.__getitem__), (task, a["doc_id"])
+            worst = max(worst, *(abs(x - y) for x, y in zip(lla, llb)))
+        assert served["results"][task]["acc,none"] == local["results"][task]["acc,none"]
+    # One request per option (num_concurrent 1) on the server, batches of 16 padded rows here: float32 sums
+    # in another order, ~1e-6 per token on this model, a few tokens per option.
+    assert worst < 1e-4, worst
+    theirs, ours = by_item(served, harness.INSTRUCTIONS), by_item(local, harness.INSTRUCTIONS)
+    assert [s["filtered_resps"] for s in theirs] == [s["filtered_resps"] for s in ours] and len(theirs) == 6
+    assert served["results"][harness.INSTRUCTIONS]["exact_match,none"] == local["results"][harness.INSTRUCTIONS]["exact_match,none"]
+    print(f"lm-eval over HTTP: {seconds:.1f} s, max |log-likelihood difference| {worst:.2e} nats")
+
+    # The command line docs/architecture.md gives, as written there (its own process: lm-eval's CLI).
+    out = tmp_path / "cli"
+    subprocess.run([sys.executable, "-m", "lm_eval", "--model", "local-completions", "--model_args",
+                    f"base_url={url}/completions,model=tiny,tokenizer={folder},tokenizer_backend=huggingface",
+                    "--tasks", f"lifecycle_boolq,{harness.INSTRUCTIONS}", "--include_path", str(harness.TASKS_DIR),
+                    "--metadata", json.dumps({"instructions_path": str(split)}), "--limit", str(limit), "--output_path", str(out)],
+                   check=True, cwd=Path(__file__).parents[2], env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+                   capture_output=True, timeout=120)
+    (written,) = out.rglob("results_*.json")
+    results = json.loads(written.read_text())["results"]
+    assert results["lifecycle_boolq"]["acc,none"] == served["results"]["lifecycle_boolq"]["acc,none"]
+    assert results[harness.INSTRUCTIONS]["exact_match,none"] == served["results"][harness.INSTRUCTIONS]["exact_match,none"]

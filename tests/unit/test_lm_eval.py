@@ -45,7 +45,7 @@ def test_the_config_check_refuses_unknown_task_names_and_names_close_ones():
 
 
 def test_task_files_metric_names_and_a_gate_on_them():
-    assert harness.own_tasks() == sorted([harness.TAG, *(f"lifecycle_{s}" for s in harness.SUITES)])
+    assert harness.own_tasks() == sorted([harness.TAG, harness.INSTRUCTIONS, *(f"lifecycle_{s}" for s in harness.SUITES)])
     assert harness.suites_of(["lifecycle_mmlu", "gsm8k", "lifecycle_sst2"]) == ["sst2", "mmlu"]
     results = {"lifecycle_sst2": {"alias": "lifecycle_sst2", "acc,none": 0.75, "acc_stderr,none": 0.07, "acc_norm,none": 0.5},
                "gsm8k": {"exact_match,strict-match": 0.25, "exact_match_stderr,strict-match": "N/A"}}
