@@ -118,8 +118,13 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
 
     # 2. Score them on model replicas, one model copy each (Ray tasks, or a Ray Data actor pool for a large set),
     # and run lm-eval's tasks on one replica's resources beside them (submitted first, so it starts where Ray has room).
+    # lifecycle_instructions answers the step's instructions test split, as the step's own scoring does.
+    if "lifecycle_instructions" in cfg.lm_eval_tasks and instructions is None:
+        raise ValueError("field 'lm_eval_tasks': lifecycle_instructions answers an instructions test split; "
+                         "add an instructions step to this step's needs")
     harness_run = (_run_harness.options(num_cpus=ctx.cpus_per_worker, **_replica_resources(ctx))
-                   .remote(model.uri, cfg, max(1, int(ctx.cpus_per_worker))) if cfg.lm_eval_tasks else None)
+                   .remote(model.uri, cfg, max(1, int(ctx.cpus_per_worker)), instructions.uri if instructions else None)
+                   if cfg.lm_eval_tasks else None)
     try:
         with ctx.timed("scoring"):  # the replicas' start, model loading and work
             scored = _score(rows, model.uri, cfg, ctx) if rows else {}
@@ -196,9 +201,10 @@ def _replica_resources(ctx: StepContext) -> dict:
 
 
 @ray.remote
-def _run_harness(model_dir: str, cfg: EvaluateConfig, threads: int) -> tuple[dict, float]:
+def _run_harness(model_dir: str, cfg: EvaluateConfig, threads: int, instructions_uri: str | None) -> tuple[dict, float]:
     """lm-eval's tasks `cfg.lm_eval_tasks` on the model (a Ray task with a replica's resources): the
-    JSON-able parts of its output (results, versions, n-samples, n-shot, higher_is_better) and its wall seconds."""
+    JSON-able parts of its output (results, versions, n-samples, n-shot, higher_is_better) and its wall seconds.
+    `instructions_uri`: the instructions artifact whose test split lifecycle_instructions answers (or None)."""
     import time
 
     import torch
@@ -211,7 +217,8 @@ def _run_harness(model_dir: str, cfg: EvaluateConfig, threads: int) -> tuple[dic
     on_gpu = ray.get_gpu_ids() and not (model_dir / RECIPE).exists()  # as ModelReplica: int8 kernels are CPU-only
     out = harness.evaluate(model_dir, cfg.lm_eval_tasks, batch_size=cfg.batch_size, limit=cfg.lm_eval_limit,
                            benchmark_paths=cfg.benchmark_paths, benchmark_limit=cfg.benchmark_limit,
-                           device="cuda" if on_gpu else None)
+                           device="cuda" if on_gpu else None,
+                           instructions_path=str(localize(instructions_uri) / "test.jsonl") if instructions_uri else None)
     keep = {k: out[k] for k in ("results", "groups", "versions", "n-samples", "n-shot", "higher_is_better") if k in out}
     return keep, time.perf_counter() - start
 

@@ -17,14 +17,15 @@ QUICK = ["pretrain.max_steps=40", "pretrain.warmup_steps=4", "pretrain.log_every
 def test_an_evaluate_step_runs_lm_eval_and_a_gate_reads_it(ray_address, tmp_path):
     path = smoke_subset(tmp_path)
     spec = yaml.safe_load(path.read_text())
-    spec["steps"]["evaluate"] = {"uses": "evaluate", "needs": ["pretrain"], "with": {
-        "benchmarks": ["sst2", "mmlu"], "benchmark_limit": 8, "perturbations": [],
-        "lm_eval_tasks": ["lifecycle_sst2", "lifecycle_mmlu"]}}
+    spec["steps"]["instructions"] = {"uses": "instructions", "with": {"n_per_family": 20, "families": ["add", "reverse"]}}
+    spec["steps"]["evaluate"] = {"uses": "evaluate", "needs": ["pretrain", "instructions"], "with": {
+        "benchmarks": ["sst2", "mmlu"], "benchmark_limit": 8, "perturbations": [], "test_examples": 4,
+        "lm_eval_tasks": ["lifecycle_sst2", "lifecycle_mmlu", "lifecycle_instructions"]}}
     spec["steps"]["gate"] = {"uses": "gate", "needs": ["evaluate"], "with": {"min": {"lm_eval_lifecycle_sst2_acc": 0.0}}}
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     workdir = tmp_path / "wd"
     _, outcomes = engine.run(load_spec(path, QUICK), workdir, ray_address)
-    assert [o.state for o in outcomes] == ["done"] * 5, [o.error for o in outcomes]
+    assert [o.state for o in outcomes] == ["done"] * 6, [o.error for o in outcomes]
     evaluation = next(o.artifact for o in outcomes if o.step == "evaluate")
     metrics = evaluation.metrics
     # The same 8 items per suite, scored by lm-eval and by the step's replicas: the same accuracy.
@@ -32,6 +33,10 @@ def test_an_evaluate_step_runs_lm_eval_and_a_gate_reads_it(ray_address, tmp_path
         assert metrics[f"lm_eval_lifecycle_{suite}_acc"] == metrics[f"accuracy_{suite}"]
     results = json.loads((evaluation.path / "lm_eval.json").read_text())
     assert results["n-samples"]["lifecycle_sst2"]["effective"] == 8
+    # lifecycle_instructions answered the step's instructions test split, every item of it.
+    split = next(o.artifact for o in outcomes if o.step == "instructions").path / "test.jsonl"
+    assert results["n-samples"]["lifecycle_instructions"]["effective"] == len(split.read_text().splitlines())
+    assert 0 <= metrics["lm_eval_lifecycle_instructions_exact_match"] <= 1
     logged = tracking.run_metrics(tracking.tracking_uri_for(workdir), evaluation.run_id)
     assert logged["lm_eval_lifecycle_mmlu_acc"] == metrics["lm_eval_lifecycle_mmlu_acc"] and logged["seconds_lm_eval"] > 0
     assert next(o.artifact for o in outcomes if o.step == "gate").metrics["passed"] == 1.0
