@@ -18,3 +18,48 @@ def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path):
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, [err[-500:] for _, err in outs]
     assert len({out.strip() for out, _ in outs}) == 1  # one experiment, found by all
+
+
+def test_a_call_waits_out_a_lock_held_longer_than_sqlites_busy_timeout(tmp_path):
+    """Another connection holds the file's write lock for 23 s, past the 20 s MLflow's SQLite store
+    waits: without tracking's retry, creating the workflow run fails with "database is locked"."""
+    import sqlite3
+    import threading
+    import time
+
+    from components import tracking
+
+    uri = tracking.tracking_uri_for(tmp_path)
+    tracking.experiment_id(uri, tmp_path)  # the tables exist
+    held = threading.Event()
+
+    def hold():
+        connection = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+        connection.execute("BEGIN EXCLUSIVE")
+        held.set()
+        time.sleep(23)
+        connection.execute("COMMIT")
+        connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    started = time.monotonic()
+    run_id = tracking.start_workflow_run(uri, tmp_path, "locked", "sha", {}, None)
+    waited = time.monotonic() - started
+    holder.join()
+    assert waited > 20 and tracking.client(uri).get_run(run_id).data.tags["lifecycle.workflow"] == "locked"
+
+
+def test_other_errors_are_not_retried(tmp_path):
+    import time
+
+    import pytest
+
+    from components import tracking
+
+    uri = tracking.tracking_uri_for(tmp_path)
+    started = time.monotonic()
+    with pytest.raises(Exception, match="not found|No run"):
+        tracking.client(uri).get_run("0" * 32)
+    assert time.monotonic() - started < 10
