@@ -48,17 +48,29 @@ def existing_uri(workdir: Path) -> str:
 LOCKED_TRIES = 8  # attempts of one call while SQLite answers "database is locked": about a minute of backoff in all
 
 
-class _RetryWhileLocked:
-    """An MlflowClient whose calls are tried again, after a randomised backoff, while the SQLite file
-    answers "database is locked".
+def _while_locked(fn, *args, **kwargs):
+    """`fn(*args, **kwargs)`, tried again after a randomised backoff while the SQLite file answers
+    "database is locked".
 
-    MLflow's SQLite store waits up to 20 s for the file's lock (busy_timeout), yet under load a call
-    can still fail with it: a transaction that read first and must then write is refused at once
-    while another connection writes (SQLite's deadlock rule), and on 2 cores with thirty processes
-    logging to one file (a workflow of twenty steps and a Tune sweep) a lock can be held longer than
-    20 s. Seen in CI: a step failed before it started (its run not yet created). Retrying is safe:
-    the refused transaction rolled back, so nothing of it was written.
+    MLflow's SQLite store waits up to 20 s for the file's lock in its sessions (busy_timeout), yet
+    under load its calls still fail with it: opening the store reads the table list before any such
+    session (the driver's default wait, 5 s), a transaction that read first and must then write is
+    refused at once while another connection writes (SQLite's deadlock rule), and on 2 cores with
+    thirty processes logging to one file (a workflow of twenty steps) a lock can be held for longer.
+    Seen in CI: a step failed before its run was created, and a Ray Train controller failed opening
+    the store to log a report. Retrying is safe: the refused transaction rolled back.
     """
+    for attempt in range(LOCKED_TRIES):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            if "database is locked" not in str(e) or attempt == LOCKED_TRIES - 1:
+                raise
+            time.sleep(min(0.25 * 2**attempt, 16) * (0.5 + random.random()))
+
+
+class _RetryWhileLocked:
+    """An MlflowClient whose every call goes through `_while_locked`."""
 
     def __init__(self, client):
         self._client = client
@@ -67,18 +79,7 @@ class _RetryWhileLocked:
         attr = getattr(self._client, name)
         if not callable(attr):
             return attr
-
-        @functools.wraps(attr)
-        def call(*args, **kwargs):
-            for attempt in range(LOCKED_TRIES):
-                try:
-                    return attr(*args, **kwargs)
-                except Exception as e:
-                    if "database is locked" not in str(e) or attempt == LOCKED_TRIES - 1:
-                        raise
-                    time.sleep(min(0.25 * 2**attempt, 16) * (0.5 + random.random()))
-
-        return call
+        return functools.wraps(attr)(functools.partial(_while_locked, attr))
 
 
 @lru_cache(maxsize=8)
@@ -100,7 +101,7 @@ def _client(uri: str):
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        client = _RetryWhileLocked(MlflowClient(tracking_uri=uri, registry_uri=uri))
+        client = _RetryWhileLocked(_while_locked(MlflowClient, tracking_uri=uri, registry_uri=uri))
         client.search_experiments(max_results=1)  # the tracking store: creates the tables if missing
         client.search_registered_models(max_results=1)  # the registry store, on the same file
     return client

@@ -63,3 +63,34 @@ def test_other_errors_are_not_retried(tmp_path):
     with pytest.raises(Exception, match="not found|No run"):
         tracking.client(uri).get_run("0" * 32)
     assert time.monotonic() - started < 10
+
+
+def test_a_process_opens_the_store_while_another_holds_the_lock(tmp_path):
+    """Opening MLflow's SQLite store reads the table list with the driver's default 5 s wait (before
+    the store's own 20 s busy_timeout applies): a new process (a Ray Train controller logging its
+    first report) failed there in CI while other processes held the file. Held here for 25 s."""
+    import sqlite3
+    import threading
+    import time
+
+    from components import tracking
+
+    uri = tracking.tracking_uri_for(tmp_path)
+    tracking.experiment_id(uri, tmp_path)  # the tables exist
+    held = threading.Event()
+
+    def hold():
+        connection = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+        connection.execute("BEGIN EXCLUSIVE")
+        held.set()
+        time.sleep(25)
+        connection.execute("COMMIT")
+        connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    code = "import sys; from components import tracking; print(tracking.client(sys.argv[1]).search_experiments()[0].name)"
+    out = subprocess.run([sys.executable, "-c", code, uri], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    holder.join()
+    assert out.returncode == 0 and out.stdout.strip().endswith("lifecycle"), out.stderr[-1500:]
