@@ -412,7 +412,7 @@ def test_plan_spec_on_cpu_checks_host_memory(capsys):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--spec", TINY, "pretrain.model.n_layer=lots"], "tiny.yaml:21: step 'pretrain', field 'model.n_layer'"),
+    (["--spec", TINY, "pretrain.model.n_layer=lots"], "tiny.yaml:24: step 'pretrain', field 'model.n_layer'"),
     (["--spec", TINY, "pretrain.lr"], "tiny.yaml: override 'pretrain.lr'"),
     (["--spec", "/nonexistent/spec.yaml"], "/nonexistent/spec.yaml: cannot read the spec"),
     (["--spec", TINY, "--strategy", "ddp"], "--strategy does not go with --spec"),
