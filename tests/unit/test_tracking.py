@@ -20,30 +20,38 @@ def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path):
     assert len({out.strip() for out, _ in outs}) == 1  # one experiment, found by all
 
 
-def test_a_call_waits_out_a_lock_held_longer_than_sqlites_busy_timeout(tmp_path):
-    """Another connection holds the file's write lock for 23 s, past the 20 s MLflow's SQLite store
-    waits: without tracking's retry, creating the workflow run fails with "database is locked"."""
+def _hold_lock(db, seconds: float):
+    """A started thread holding `db`'s exclusive lock for `seconds` (returns once the lock is held)."""
     import sqlite3
     import threading
     import time
 
-    from components import tracking
-
-    uri = tracking.tracking_uri_for(tmp_path)
-    tracking.experiment_id(uri, tmp_path)  # the tables exist
     held = threading.Event()
 
     def hold():
-        connection = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+        connection = sqlite3.connect(db, isolation_level=None)
         connection.execute("BEGIN EXCLUSIVE")
         held.set()
-        time.sleep(23)
+        time.sleep(seconds)
         connection.execute("COMMIT")
         connection.close()
 
     holder = threading.Thread(target=hold)
     holder.start()
     held.wait(10)
+    return holder
+
+
+def test_a_call_waits_out_a_lock_held_longer_than_sqlites_busy_timeout(tmp_path):
+    """Another connection holds the file's write lock for 23 s, past the 20 s MLflow's SQLite store
+    waits: without tracking's retry, creating the workflow run fails with "database is locked"."""
+    import time
+
+    from components import tracking
+
+    uri = tracking.tracking_uri_for(tmp_path)
+    tracking.experiment_id(uri, tmp_path)  # the tables exist
+    holder = _hold_lock(tmp_path / "mlflow.db", 23)
     started = time.monotonic()
     run_id = tracking.start_workflow_run(uri, tmp_path, "locked", "sha", {}, None)
     waited = time.monotonic() - started
@@ -69,27 +77,12 @@ def test_a_process_opens_the_store_while_another_holds_the_lock(tmp_path):
     """Opening MLflow's SQLite store reads the table list with the driver's default 5 s wait (before
     the store's own 20 s busy_timeout applies): a new process (a Ray Train controller logging its
     first report) failed there in CI while other processes held the file. Held here for 25 s."""
-    import sqlite3
-    import threading
-    import time
 
     from components import tracking
 
     uri = tracking.tracking_uri_for(tmp_path)
     tracking.experiment_id(uri, tmp_path)  # the tables exist
-    held = threading.Event()
-
-    def hold():
-        connection = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
-        connection.execute("BEGIN EXCLUSIVE")
-        held.set()
-        time.sleep(25)
-        connection.execute("COMMIT")
-        connection.close()
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    held.wait(10)
+    holder = _hold_lock(tmp_path / "mlflow.db", 25)
     code = "import sys; from components import tracking; print(tracking.client(sys.argv[1]).search_experiments()[0].name)"
     out = subprocess.run([sys.executable, "-c", code, uri], cwd=ROOT, capture_output=True, text=True, timeout=300)
     holder.join()
