@@ -1,7 +1,11 @@
 """workflows/encoder-tiny.yaml end to end through the `lifecycle` command, on the session's Ray."""
 
+import pytest
+
 from tests.conftest import ROOT, lifecycle
 from tests.e2e.test_shipped_specs import step_run
+
+pytestmark = pytest.mark.full  # `./scripts/test.sh --full` (CI runs the main path only: scripts/test.sh)
 
 
 def test_encoder_tiny_spec_pretrains_a_bert_fine_tunes_three_heads_and_compresses_one(ray_address, tmp_path):

@@ -29,6 +29,8 @@ from tests.checkpoints import save_checkpoint, save_pretrained_checkpoint
 from workflows import engine
 from workflows.spec import load_spec
 
+pytestmark = pytest.mark.full  # `./scripts/test.sh --full` (CI runs the main path only: scripts/test.sh)
+
 ARCHS = ["qwen2", "mistral", "gemma", "gpt_neox", "phi", "gpt2"]
 ENCODERS, SEQ2SEQ = ["bert", "roberta"], ["t5", "bart"]
 

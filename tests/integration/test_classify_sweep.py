@@ -1,11 +1,14 @@
 """A Ray Tune sweep over LoRA rank on an encoder classifier (ner, token head): trials ranked by accuracy on a slice of the
 training data (never the test set), one MLflow child run each, the best one scored on the test set."""
 
+import pytest
 import yaml
 
 from components import tracking
 from tests.conftest import ROOT, lifecycle
 from tests.e2e.test_shipped_specs import step_run
+
+pytestmark = pytest.mark.full  # `./scripts/test.sh --full` (CI runs the main path only: scripts/test.sh)
 
 RANKS = [16, 1]
 
