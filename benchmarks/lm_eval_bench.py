@@ -15,6 +15,13 @@ alternating between repeats so a machine's drift hits both:
 Both times are end to end from the model folder (loading the model and the items included); the
 first repeat also pays the imports. Agreement: per suite, items where both pick the same option,
 and the largest difference of an option's log-likelihood. Writes benchmarks/results/lm_eval_bench.{json,md}.
+
+    .venv/bin/python benchmarks/lm_eval_bench.py --endpoint [--repeats 3]
+
+instead times lm-eval on the same suites through the endpoint: the tiny model served on a private
+local Ray (Serve, as `lifecycle run` deploys it), scored by lm-eval's `local-completions` client over
+HTTP (one request per option, 1 and 8 at a time), against lm-eval in-process (HFLM) on the same
+folder; the same choice per item is checked. Writes benchmarks/results/lm_eval_endpoint.{json,md}.
 """
 
 from __future__ import annotations
@@ -68,14 +75,80 @@ def timed(fn, model_dir: Path) -> tuple[dict, float]:
     return result, time.perf_counter() - start
 
 
+def served(base_url: str, model_dir: Path, concurrent: int) -> dict[str, list[list[float]]]:
+    """Option log-likelihoods per suite from lm-eval's local-completions client against the endpoint."""
+    from lm_eval import simple_evaluate
+
+    out = simple_evaluate(model="local-completions", tasks=[harness.TAG], task_manager=harness.task_manager(), log_samples=True,
+                          model_args={"base_url": f"{base_url}/completions", "model": "bench", "tokenizer": str(model_dir),
+                                      "tokenizer_backend": "huggingface", "num_concurrent": concurrent, "max_retries": 1})
+    return {s: [[ll for ll, _ in r["filtered_resps"]] for r in sorted(out["samples"][f"lifecycle_{s}"], key=lambda r: r["doc_id"])]
+            for s in harness.SUITES}
+
+
+def endpoint(model_dir: Path, repeats: int, port: int = 8124) -> int:
+    """lm-eval in-process against lm-eval through the served model: wall seconds and agreement (see the docstring)."""
+    import os
+    import secrets
+
+    import ray
+    from ray import serve
+    from serve_bench import deploy
+
+    from components.deploy.ingress import local_ingress_env
+
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    os.environ.update(local_ingress_env(dict(os.environ)))  # Serve's ingress as `lifecycle run` starts it
+    os.environ.setdefault("OPENAI_API_KEY", "unused")  # lm-eval's client sends one; this endpoint has no key on loopback
+    ray.init(address="local", num_cpus=2, log_to_driver=False, configure_logging=False)
+    try:
+        url = deploy(model_dir, port, max_batch_size=16, max_ongoing_requests=32)
+        ways = {"in-process": lambda: theirs(model_dir), "endpoint, 1 at a time": lambda: served(url, model_dir, 1),
+                "endpoint, 8 at a time": lambda: served(url, model_dir, 8)}
+        times, scores = {k: [] for k in ways}, {}
+        for repeat in range(repeats):  # in turns, so that drift weighs on every way alike
+            for name, fn in ways.items():
+                start = time.perf_counter()
+                scores[name] = fn()
+                times[name].append(time.perf_counter() - start)
+                print(f"repeat {repeat} {name}: {times[name][-1]:.2f} s", file=sys.stderr)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    local = scores["in-process"]
+    rows, data = [], {"seconds": times, "agreement": {}}
+    for name, got in scores.items():
+        same = sum(choose(a) == choose(b) for s in harness.SUITES for a, b in zip(got[s], local[s]))
+        diff = max(abs(x - y) for s in harness.SUITES for a, b in zip(got[s], local[s]) for x, y in zip(a, b))
+        data["agreement"][name] = {"same_choice": same, "max_abs_diff": diff}
+        median = statistics.median(times[name][1:] or times[name])
+        rows.append([name, f"{same}/{sum(len(v) for v in local.values())}", f"{diff:.1e}", f"{median:.2f} s",
+                     f"x{median / statistics.median(times['in-process'][1:] or times['in-process']):.2f}"])
+    caption = (f"lm-eval on the four bundled suites (the `lifecycle` tag: 160 items) on the tiny 4 x 128 GPT-2: in-process (HFLM, "
+               f"batch {BATCH}) and through the endpoint (local-completions over HTTP to Serve on a private local Ray, 2 CPUs); "
+               f"{repeats} repeats in turns, median of the repeats after the first.")
+    write_result("lm_eval_endpoint", data, caption + "\n\n" + table(
+        ["way", "same choice as in-process", "max log-likelihood diff", "wall", "vs in-process"], rows, "lrrrr"), "")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the evaluate step gives a replica 1 CPU)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--endpoint", action="store_true", help="lm-eval in-process against through the served model (see above)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     examples = generate_tasks(200, seed=0)
     tokenizer = train_bpe([e.prompt + e.response for e in examples], TokenizerConfig(vocab_size=2048))
+    if args.endpoint:
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = Path(tmp) / "tiny"
+            cfg = SIZES["tiny 4x128"]
+            build_causal_lm(cfg, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                            seed=0).save_pretrained(model_dir, safe_serialization=True)
+            tokenizer.save_pretrained(model_dir)
+            return endpoint(model_dir, args.repeats)
     items = {s: load_benchmark(s) for s in harness.SUITES}
     # lm-eval scores options that share their context up to the last token in one row (its logits cache).
     options = sum(len(i.options) for suite in items.values() for i in suite)
