@@ -3,27 +3,10 @@
 import pytest
 from pydantic import ValidationError
 
-from components.core.models import ModelConfig, build_causal_lm
-from components.data.config import TokenizerConfig
-from components.data.instructions import generate_tasks
-from components.data.tokenizer import train_bpe
 from components.deploy import api
 from components.deploy.config import DeployConfig
 from components.deploy.generation import Params, cut_at_stop, generate, stream
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return train_bpe([e.prompt + e.response for e in generate_tasks(40, seed=1)] * 3, TokenizerConfig(vocab_size=400))
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    cfg = ModelConfig(n_layer=2, n_embd=32, n_head=2, n_positions=96)
-    return build_causal_lm(cfg, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, seed=0).eval()
-
-
-PROMPTS = ["### Instruction:\nAdd 2 and 3.\n\n### Response:\n", "Sort the words: cat dog"]
+from tests.unit.conftest import PROMPTS
 
 
 def test_batched_greedy_equals_one_by_one_and_counts_tokens(model, tok):
