@@ -76,12 +76,9 @@ def timed(fn, model_dir: Path) -> tuple[dict, float]:
 
 
 def served(base_url: str, model_dir: Path, concurrent: int) -> dict[str, list[list[float]]]:
-    """Option log-likelihoods per suite from lm-eval's local-completions client against the endpoint."""
-    from lm_eval import simple_evaluate
-
-    out = simple_evaluate(model="local-completions", tasks=[harness.TAG], task_manager=harness.task_manager(), log_samples=True,
-                          model_args={"base_url": f"{base_url}/completions", "model": "bench", "tokenizer": str(model_dir),
-                                      "tokenizer_backend": "huggingface", "num_concurrent": concurrent, "max_retries": 1})
+    """Option log-likelihoods per suite from lm-eval's local-completions client against the endpoint
+    (as an evaluate step with an endpoint input runs it)."""
+    out = harness.evaluate_endpoint(base_url, "bench", model_dir, [harness.TAG], concurrent=concurrent, log_samples=True)
     return {s: [[ll for ll, _ in r["filtered_resps"]] for r in sorted(out["samples"][f"lifecycle_{s}"], key=lambda r: r["doc_id"])]
             for s in harness.SUITES}
 
@@ -99,7 +96,6 @@ def endpoint(model_dir: Path, repeats: int, port: int = 8124) -> int:
 
     os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
     os.environ.update(local_ingress_env(dict(os.environ)))  # Serve's ingress as `lifecycle run` starts it
-    os.environ.setdefault("OPENAI_API_KEY", "unused")  # lm-eval's client sends one; this endpoint has no key on loopback
     ray.init(address="local", num_cpus=2, log_to_driver=False, configure_logging=False)
     try:
         url = deploy(model_dir, port, max_batch_size=16, max_ongoing_requests=32)

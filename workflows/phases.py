@@ -142,8 +142,9 @@ PHASES: dict[str, Phase] = {
         trains_weights=True, runner="ray_train", sizing=Sizing(block="recovery", stage=None, teacher="alpha"),
     ),
     "evaluate": Phase(
-        "components.evaluate.config:EvaluateConfig", "components.evaluate.step:run", ("model", "instructions?", "dataset?"),
-        "evaluation", "score a model (perplexity, exact match, ROUGE, BLEU, benchmark suites) on Ray Data replicas",
+        "components.evaluate.config:EvaluateConfig", "components.evaluate.step:run", ("model", "instructions?", "dataset?", "endpoint?"),
+        "evaluation", "score a model (perplexity, exact match, ROUGE, BLEU, benchmark suites) on Ray Data replicas; "
+        "lm-eval tasks on it in-process, or on the live endpoint of a deploy step serving it",
         check="components.evaluate.step:check", families=("causal", "masked", "seq2seq"),
     ),
     "gate": Phase(

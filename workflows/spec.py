@@ -267,6 +267,8 @@ def _check_families(spec: WorkflowSpec, configs: dict[str, BaseModel], order: li
                                 "instructions: add an instructions step to needs"))
         if family[name] == "masked" and step.uses in ("evaluate", "distill", "prune", "quantize"):
             _check_classifier_input(spec, configs, name, path, lines)
+        if step.uses == "evaluate" and any(spec.steps[n].uses == "deploy" for n in step.needs):
+            _check_endpoint_input(spec, configs, name, path, lines)
         if step.uses == "deploy" and family[name] != "causal" and getattr(configs[name], "rag", None) is not None:
             raise SpecError(_at(path, lines, ("steps", name, "with", "rag"),
                                 f"step '{name}', field 'rag': the RAG route answers with a causal LM, and this model is "
@@ -301,6 +303,26 @@ def _classifier_source(spec: WorkflowSpec, name: str) -> str:
         current = next(n for n in spec.steps[current].needs if PHASES[spec.steps[n].uses].produces == "model")
         if spec.steps[current].uses in ("classify", *ORIGINS):
             return current
+
+
+def _check_endpoint_input(spec: WorkflowSpec, configs: dict[str, BaseModel], name: str, path: str, lines: dict) -> None:
+    """An evaluate step that needs a deploy step runs its lm_eval_tasks on that endpoint: it must name some, and
+    its model input must be the model the endpoint serves (deploy <- gate <- evaluate <- model)."""
+    deploy = next(n for n in spec.steps[name].needs if spec.steps[n].uses == "deploy")
+    if not configs[name].lm_eval_tasks:
+        raise SpecError(_at(path, lines, ("steps", name, "needs"),
+                            f"step '{name}', field 'needs': the endpoint of '{deploy}' is scored by lm-eval's tasks, and "
+                            "lm_eval_tasks is empty: name the tasks to run on it"))
+
+    def model_of(evaluate: str) -> str:
+        return next(n for n in spec.steps[evaluate].needs if PHASES[spec.steps[n].uses].produces == "model")
+
+    gate = next(n for n in spec.steps[deploy].needs if spec.steps[n].uses == "gate")
+    served = model_of(next(n for n in spec.steps[gate].needs if spec.steps[n].uses == "evaluate"))
+    if model_of(name) != served:
+        raise SpecError(_at(path, lines, ("steps", name, "needs"),
+                            f"step '{name}', field 'needs': '{deploy}' serves the model of '{served}', and this step's model "
+                            f"is '{model_of(name)}': name '{served}' (its tokenizer builds lm-eval's requests)"))
 
 
 def _check_classifier_input(spec: WorkflowSpec, configs: dict[str, BaseModel], name: str, path: str, lines: dict) -> None:

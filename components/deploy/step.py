@@ -37,6 +37,8 @@ def run(cfg: DeployConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Art
     tags = {"lifecycle.endpoint": url, "lifecycle.served_model": served, **({"lifecycle.rag_endpoint": rag} if rag else {})}
     tracking.set_tags(ctx.tracking_uri, ctx.run_id, tags)
     info = {"url": url, "served_model": served, "app_name": cfg.app_name, **metadata, "alias": cfg.alias,
+            # Where a client in the workflow (an evaluate step after this one) finds the key: a path, never the key.
+            **({"api_key_file": cfg.api_key_file} if cfg.api_key_file else {}),
             **({"rag_url": rag, "rag_app_name": cfg.rag.app_name} if rag else {})}
     (ctx.output_dir / "endpoint.json").write_text(json.dumps(info, indent=1))
     tracking.log_dict(ctx.tracking_uri, ctx.run_id, info, "endpoint.json")

@@ -34,9 +34,10 @@ class EvaluateConfig(BaseModel):
     lm_eval_tasks: list[str] = Field(
         default_factory=list,
         description="EleutherAI lm-evaluation-harness tasks run in-process on the model (lm-eval's HFLM, on a replica's "
-                    "resources): this project's offline lifecycle_sst2, lifecycle_mnli, lifecycle_boolq, lifecycle_mmlu (the "
-                    "tag `lifecycle`: all four; the items and prompts of `benchmarks`, from benchmark_paths or the bundled "
-                    "copies) or any task of lm-eval's registry (hellaswag, arc_easy, mmlu, gsm8k: their data from the "
+                    "resources), or, when the step also needs a deploy step serving that model, against its live endpoint "
+                    "(lm-eval's local-completions client over HTTP): this project's offline lifecycle_sst2, lifecycle_mnli, "
+                    "lifecycle_boolq, lifecycle_mmlu (the tag `lifecycle`: all four; the items and prompts of `benchmarks`, "
+                    "from benchmark_paths or the bundled copies) or any task of lm-eval's registry (hellaswag, arc_easy, mmlu, gsm8k: their data from the "
                     "Hugging Face hub). Metrics lm_eval_<task>_<metric>, e.g. lm_eval_lifecycle_sst2_acc.",
     )
     lm_eval_limit: int | None = Field(
@@ -44,6 +45,7 @@ class EvaluateConfig(BaseModel):
                                 "also stop at benchmark_limit, as the step's own suites do."
     )
     batch_size: int = Field(16, ge=1, description="Work items per batch on a model replica; also lm-eval's batch size.")
+    endpoint_concurrency: int = Field(4, ge=1, le=64, description="Requests lm-eval keeps in flight against an endpoint input.")
     replicas: int | None = Field(None, ge=1, description="Model replicas at most; None: the spec's scale.workers.")
     ray_data_min_items: int = Field(
         5000, ge=0,

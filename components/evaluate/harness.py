@@ -18,6 +18,7 @@ Results become flat metrics `lm_eval_<task>_<metric>`, e.g. `lm_eval_lifecycle_s
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -121,21 +122,62 @@ def evaluate(model_dir: str | Path, tasks: list[str], batch_size: int = 16, limi
     "versions", "n-samples", and "samples" (task -> per-item records with "doc", "filtered_resps":
     [(log-likelihood in nats, is_greedy)] per option, or [generated text]) when log_samples.
     """
-    from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoTokenizer
 
     from components.core.models import load_trained
 
-    tasks = list(tasks)
     model = load_trained(model_dir)
     if device is not None:
         model.to(device)
     lm = HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(model_dir), batch_size=batch_size)
+    return _simple_evaluate(lm, {}, tasks, limit, benchmark_paths, benchmark_limit, instructions_path, log_samples)
+
+
+def evaluate_endpoint(base_url: str, served_model: str, model_dir: str | Path, tasks: list[str], api_key: str | None = None,
+                      concurrent: int = 4, limit: int | None = None, benchmark_paths: dict[str, str] | None = None,
+                      benchmark_limit: int | None = None, log_samples: bool = False,
+                      instructions_path: str | None = None) -> dict:
+    """lm-eval's `simple_evaluate` of `tasks` against a live OpenAI-compatible endpoint (this project's, or any
+    that answers `/completions` with `echo` and `logprobs`), through lm-eval's own `local-completions` client.
+
+    base_url: the API's base, e.g. "http://127.0.0.1:8000/v1". served_model: the model id the
+    endpoint serves. model_dir: the served model's folder, for its tokenizer (lm-eval sends token-id
+    prompts for log-likelihoods) and its context length (lm-eval truncates prompts to it). api_key: sent as "Authorization: Bearer <key>" (None: no header).
+    concurrent: requests in flight at once. The other arguments and the return value are `evaluate`'s.
+    """
+    from transformers import AutoConfig
+
+    from components.core.models import context_length
+
+    model_args = {"base_url": f"{base_url.rstrip('/')}/completions", "model": served_model, "tokenizer": str(model_dir),
+                  "tokenizer_backend": "huggingface", "num_concurrent": concurrent, "max_retries": 3,
+                  # lm-eval's client assumes 2048 tokens unless told: it must truncate to the served model's context,
+                  # or the endpoint refuses a longer prompt (400) where HFLM in-process would have truncated it.
+                  "max_length": context_length(AutoConfig.from_pretrained(model_dir))}
+    # local-completions sends $OPENAI_API_KEY as the bearer token. Set for this call only, and not as a model
+    # argument (a `header` there): lm-eval logs its model arguments.
+    saved = os.environ.get("OPENAI_API_KEY")
+    os.environ["OPENAI_API_KEY"] = api_key or ""
+    try:
+        return _simple_evaluate("local-completions", model_args, tasks, limit, benchmark_paths, benchmark_limit,
+                                instructions_path, log_samples)
+    finally:
+        if saved is None:
+            os.environ.pop("OPENAI_API_KEY", None)
+        else:
+            os.environ["OPENAI_API_KEY"] = saved
+
+
+def _simple_evaluate(model, model_args: dict, tasks: list[str], limit: int | None, benchmark_paths: dict[str, str] | None,
+                     benchmark_limit: int | None, instructions_path: str | None, log_samples: bool) -> dict:
+    from lm_eval import simple_evaluate  # deferred: ~1 s to import
+
+    tasks = list(tasks)
     metadata = {"benchmark_paths": dict(benchmark_paths or {}), "benchmark_limit": benchmark_limit,
                 "instructions_path": instructions_path}
-    out = simple_evaluate(model=lm, tasks=tasks, task_manager=_task_manager(_needs_defaults(tasks), metadata),
-                          limit=limit, log_samples=log_samples)
+    out = simple_evaluate(model=model, model_args=model_args or None, tasks=tasks,
+                          task_manager=_task_manager(_needs_defaults(tasks), metadata), limit=limit, log_samples=log_samples)
     if out is None:  # only on a non-zero rank of a distributed run, which this single process is not
         raise RuntimeError("lm-eval returned no results")
     return out

@@ -80,6 +80,7 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
         return encoder.run(cfg, inputs, ctx)
     instructions = next((a for a in inputs.values() if a.kind == "instructions"), None)
     corpus = next((a for a in inputs.values() if a.kind == "dataset"), None)
+    endpoint = _served(model_step, model, next(((n, a) for n, a in inputs.items() if a.kind == "endpoint"), None), cfg)
     tokenizer = AutoTokenizer.from_pretrained(model.path)
     # Perplexity, the reference answer's likelihood and the benchmark options score a causal LM's
     # next-token distribution; an encoder-decoder (T5) is scored on its generated answers only.
@@ -122,8 +123,10 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     if "lifecycle_instructions" in cfg.lm_eval_tasks and instructions is None:
         raise ValueError("field 'lm_eval_tasks': lifecycle_instructions answers an instructions test split; "
                          "add an instructions step to this step's needs")
-    harness_run = (_run_harness.options(num_cpus=ctx.cpus_per_worker, **_replica_resources(ctx))
-                   .remote(model.uri, cfg, max(1, int(ctx.cpus_per_worker)), instructions.uri if instructions else None)
+    # Against an endpoint, lm-eval is an HTTP client waiting on the endpoint's replicas, which may hold the CPUs it would ask for.
+    resources = {"num_cpus": 0} if endpoint else {"num_cpus": ctx.cpus_per_worker, **_replica_resources(ctx)}
+    harness_run = (_run_harness.options(**resources)
+                   .remote(model.uri, cfg, max(1, int(ctx.cpus_per_worker)), instructions.uri if instructions else None, endpoint)
                    if cfg.lm_eval_tasks else None)
     try:
         with ctx.timed("scoring"):  # the replicas' start, model loading and work
@@ -144,6 +147,8 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
         with ctx.timed("lm_eval_wait"):  # what the step waited for lm-eval after its own scoring
             lm_eval, ctx.seconds["lm_eval"] = ray.get(harness_run)
         scores.update(harness.metrics(lm_eval["results"]))
+        tracking.set_tags(ctx.tracking_uri, ctx.run_id, {"lifecycle.lm_eval_model": f"endpoint {endpoint['url']}" if endpoint
+                                                          else "in-process"})
         (ctx.output_dir / "lm_eval.json").write_text(json.dumps(lm_eval, indent=1, sort_keys=True, default=str))
         tracking.log_dict(ctx.tracking_uri, ctx.run_id, json.loads(json.dumps(lm_eval, default=str)), "lm_eval.json")
     (ctx.output_dir / "scores.json").write_text(json.dumps(scores, indent=1, sort_keys=True))
@@ -196,14 +201,36 @@ def _score(rows: list[dict], model_dir: str, cfg: EvaluateConfig, ctx: StepConte
     return results
 
 
+def _served(model_step: str, model: Artifact, found: tuple[str, Artifact] | None, cfg: EvaluateConfig) -> dict | None:
+    """The endpoint input's {url, served_model, api_key_file} for lm-eval's tasks, None without one.
+
+    ValueError when there is an endpoint but no lm_eval_tasks to send it, or when it serves
+    another model than the step's model input (that model's tokenizer builds lm-eval's prompts).
+    """
+    if found is None:
+        return None
+    name, endpoint = found
+    if not cfg.lm_eval_tasks:
+        raise ValueError(f"field 'lm_eval_tasks': the endpoint of step '{name}' is scored by lm-eval; name the tasks to run on it")
+    served_run = str(endpoint.metrics.get("run_id") or "")
+    if served_run != model.run_id:
+        raise ValueError(f"step '{name}' serves the model of MLflow run {served_run or '(none)'}, and this step's model input "
+                         f"'{model_step}' is run {model.run_id}: needs must name the model the endpoint serves")
+    return {"url": str(endpoint.metrics["url"]), "served_model": str(endpoint.metrics["served_model"]),
+            "api_key_file": endpoint.metrics.get("api_key_file")}
+
+
 def _replica_resources(ctx: StepContext) -> dict:
     return {"num_gpus": ctx.gpus_per_worker} if ctx.gpus_per_worker else {}
 
 
 @ray.remote
-def _run_harness(model_dir: str, cfg: EvaluateConfig, threads: int, instructions_uri: str | None) -> tuple[dict, float]:
-    """lm-eval's tasks `cfg.lm_eval_tasks` on the model (a Ray task with a replica's resources): the
-    JSON-able parts of its output (results, versions, n-samples, n-shot, higher_is_better) and its wall seconds.
+def _run_harness(model_dir: str, cfg: EvaluateConfig, threads: int, instructions_uri: str | None,
+                 endpoint: dict | None = None) -> tuple[dict, float]:
+    """lm-eval's tasks `cfg.lm_eval_tasks` on the model (a Ray task with a replica's resources), or through
+    `endpoint` ({url, served_model, api_key_file}: the live endpoint serving it, scored by lm-eval's
+    local-completions client with the model's tokenizer): the JSON-able parts of lm-eval's output
+    (results, versions, n-samples, n-shot, higher_is_better) and its wall seconds.
     `instructions_uri`: the instructions artifact whose test split lifecycle_instructions answers (or None)."""
     import time
 
@@ -214,11 +241,17 @@ def _run_harness(model_dir: str, cfg: EvaluateConfig, threads: int, instructions
     start = time.perf_counter()
     torch.set_num_threads(threads)  # as a replica: its reserved CPUs, not every core of the node
     model_dir = localize(model_dir)  # a copy on this node when the run's storage is an object store
-    on_gpu = ray.get_gpu_ids() and not (model_dir / RECIPE).exists()  # as ModelReplica: int8 kernels are CPU-only
-    out = harness.evaluate(model_dir, cfg.lm_eval_tasks, batch_size=cfg.batch_size, limit=cfg.lm_eval_limit,
-                           benchmark_paths=cfg.benchmark_paths, benchmark_limit=cfg.benchmark_limit,
-                           device="cuda" if on_gpu else None,
-                           instructions_path=str(localize(instructions_uri) / "test.jsonl") if instructions_uri else None)
+    data = {"benchmark_paths": cfg.benchmark_paths, "benchmark_limit": cfg.benchmark_limit, "limit": cfg.lm_eval_limit,
+            "instructions_path": str(localize(instructions_uri) / "test.jsonl") if instructions_uri else None}
+    if endpoint is not None:
+        from components.deploy.app import node_api_key  # the key as the endpoint's replicas read it on this node
+
+        out = harness.evaluate_endpoint(endpoint["url"], endpoint["served_model"], model_dir, cfg.lm_eval_tasks,
+                                        api_key=node_api_key(endpoint["api_key_file"]), concurrent=cfg.endpoint_concurrency,
+                                        **data)
+    else:
+        on_gpu = ray.get_gpu_ids() and not (model_dir / RECIPE).exists()  # as ModelReplica: int8 kernels are CPU-only
+        out = harness.evaluate(model_dir, cfg.lm_eval_tasks, batch_size=cfg.batch_size, device="cuda" if on_gpu else None, **data)
     keep = {k: out[k] for k in ("results", "groups", "versions", "n-samples", "n-shot", "higher_is_better") if k in out}
     return keep, time.perf_counter() - start
 

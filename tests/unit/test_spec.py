@@ -157,3 +157,37 @@ def test_cli_bad_input_exits_2_without_ray_or_workdir(tmp_path):
     assert "field 'max_steps'" in results[0][2]
     assert not workdir.exists()
     assert cli.main(["validate", str(write(tmp_path, GOOD))]) == 0
+
+
+ENDPOINT = GOOD + """\
+  ins:
+    uses: instructions
+  ft:
+    uses: finetune
+    needs: [pre, ins]
+  ev:
+    uses: evaluate
+    needs: [ft, ins]
+  gate:
+    uses: gate
+    needs: [ev]
+  serve:
+    uses: deploy
+    needs: [gate]
+  live:
+    uses: evaluate
+    needs: [ft, serve]
+    with:
+      lm_eval_tasks: [lifecycle_sst2]
+"""
+
+
+def test_an_evaluate_step_after_deploy_scores_the_served_model_with_lm_eval_tasks(tmp_path):
+    assert load_spec(write(tmp_path, ENDPOINT)).order[-1] == "live"
+    # The endpoint's scores come from lm-eval: a step that names no task would score nothing on it.
+    with pytest.raises(SpecError, match=r"spec.yaml:\d+: step 'live', field 'needs': the endpoint of 'serve' is scored by lm-eval's "
+                                        r"tasks, and lm_eval_tasks is empty"):
+        load_spec(write(tmp_path, ENDPOINT.replace("    with:\n      lm_eval_tasks: [lifecycle_sst2]\n", "")))
+    # Its model input builds lm-eval's requests (the tokenizer): it must be the model the endpoint serves.
+    with pytest.raises(SpecError, match=r"step 'live', field 'needs': 'serve' serves the model of 'ft', and this step's model is 'pre'"):
+        load_spec(write(tmp_path, ENDPOINT.replace("    needs: [ft, serve]", "    needs: [pre, serve]")))
