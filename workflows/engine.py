@@ -26,7 +26,8 @@ from components import storage, tracking
 from components.artifact import Artifact, StepContext
 from components.deploy.ingress import local_ingress_env
 from workflows.phases import PHASES, load
-from workflows.spec import Resolved
+from workflows.shared_storage import problems, refusal
+from workflows.spec import Resolved, SpecError
 
 CODE_ROOTS = ("components", "workflows")
 
@@ -164,6 +165,15 @@ def start_ray(address: str | None) -> bool:
     return True
 
 
+def check_cluster(storage_root: str | None, tracking_uri: str | None) -> None:
+    """SpecError when the connected Ray has several alive nodes and the run's lineage or storage would not
+    reach them all (workflows/shared_storage.py)."""
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    found = problems(nodes, storage_root, tracking_uri)
+    if found:
+        raise SpecError(refusal(nodes, found))
+
+
 def run(resolved: Resolved, workdir: Path, address: str | None = None, display=None,
         keep_ray: bool = False, storage_root: str | None = None) -> tuple[str, list[StepOutcome]]:
     """Execute the workflow; returns the workflow's MLflow run id and one outcome per step.
@@ -180,8 +190,14 @@ def run(resolved: Resolved, workdir: Path, address: str | None = None, display=N
     root = storage_root if storage_root and storage.is_remote(storage_root) else str(Path(storage_root or workdir).resolve())
     uri = tracking.tracking_uri_for(workdir)
     keys = cache_keys(resolved)
-    parent = tracking.start_workflow_run(uri, workdir, resolved.spec.name, resolved.sha, resolved.document, _git_commit())
     started_ray = start_ray(address)
+    try:
+        check_cluster(storage_root, os.environ.get("MLFLOW_TRACKING_URI"))  # before anything is written
+    except SpecError:
+        if started_ray:
+            ray.shutdown()
+        raise
+    parent = tracking.start_workflow_run(uri, workdir, resolved.spec.name, resolved.sha, resolved.document, _git_commit())
     board = ProgressBoard.remote()
     refs: dict[str, ray.ObjectRef] = {}
     for name in _deploys_last(resolved):

@@ -84,6 +84,22 @@ def two_nodes(object_store, ray_address):
                     child.kill()
 
 
+def test_a_run_on_two_nodes_without_a_tracking_server_and_object_store_is_refused_before_any_step(two_nodes, object_store):
+    env = {k: v for k, v in {**os.environ, **object_store}.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "LIFECYCLE_STORAGE")}
+    started = time.time()
+    out = lifecycle("submit", "workflows/smoke.yaml", "--address", two_nodes, "--follow", cwd=ROOT, env=env, timeout=300)
+    print(f"\nrefused in {time.time() - started:.0f}s, submission included")
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "this Ray cluster has 2 nodes" in out.stdout and "not to an object store (--storage)" in out.stdout, out.stdout[-3000:]
+    assert "not to a tracking server (MLFLOW_TRACKING_URI)" in out.stdout
+    job_id = out.stdout.splitlines()[0].strip()
+    jobs = json.loads(lifecycle("jobs", "--address", two_nodes, "--json", env=env).stdout)
+    assert [(j["job_id"], j["status"]) for j in jobs] == [(job_id, "FAILED")]
+    # No step ran: no step task, ever (the State API answers: it lists both nodes).
+    assert len(_alive_nodes(two_nodes)) == 2 and _state(two_nodes, "tasks", [("name", "=", "step:corpus")]) == []
+
+
+@pytest.mark.full  # `./scripts/test.sh --full`: about 5 minutes on 2 cores
 def test_submitted_workflow_spans_both_nodes_and_logs_lineage_to_the_server(two_nodes, mlflow_server, object_store):
     storage = f"s3://{BUCKET}/runs"
     env = {**os.environ, **object_store, "MLFLOW_TRACKING_URI": mlflow_server}

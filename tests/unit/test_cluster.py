@@ -468,3 +468,26 @@ def test_launcher_config_passes_rays_schema_and_holds_the_gpt2_specs():
         scale = load_spec(ROOT / "workflows" / spec).spec.scale
         nodes = [(t["resources"]["CPU"], t["resources"].get("GPU", 0)) for t in workers.values() for _ in range(t["max_workers"])]
         assert workers_that_fit(nodes, scale.cpus_per_worker, scale.gpus_per_worker) >= scale.workers, spec
+
+
+# --- Several nodes: lineage and storage every node reaches (workflows/shared_storage.py) -----------
+
+
+def test_a_run_on_several_nodes_needs_a_tracking_server_and_shared_storage():
+    from workflows.shared_storage import problems, refusal
+
+    assert problems(1, None, None) == []  # one machine: the working folder holds both
+    found = problems(2, None, None)
+    assert len(found) == 2 and "MLFLOW_TRACKING_URI" in found[0] and "--storage" in found[1]
+    assert "this Ray cluster has 2 nodes" in refusal(2, found) and "MLFLOW_TRACKING_URI" in refusal(2, found)
+    # SQLite is not a server, even on a shared file system; a folder is not an object store the server resolves.
+    assert problems(3, "s3://b/runs", "sqlite:////shared/mlflow.db") == [
+        "lineage would go to sqlite:////shared/mlflow.db, not to a tracking server (MLFLOW_TRACKING_URI)"]
+    assert problems(2, "/mnt/shared/runs", "http://mlflow:5000") == [
+        "artifacts and checkpoints would go to the folder /mnt/shared/runs, not to an object store (--storage)"]
+    assert problems(2, "gs://b/runs", "https://mlflow.internal") == []
+    # The shipped cluster's pods set both, so a job there (which inherits them) passes.
+    for _, spec in ray_clusters():
+        for _, _, pod in pod_groups(spec):
+            env = env_of(pod["containers"][0])
+            assert problems(2, env["LIFECYCLE_STORAGE"]["value"], env["MLFLOW_TRACKING_URI"]["value"]) == []
