@@ -20,7 +20,7 @@ and the largest difference of an option's log-likelihood. Writes benchmarks/resu
 
 instead times lm-eval on the same suites through the endpoint: the tiny model served on a private
 local Ray (Serve, as `lifecycle run` deploys it), scored by lm-eval's `local-completions` client over
-HTTP (one request per option, 1 and 8 at a time), against lm-eval in-process (HFLM) on the same
+HTTP (1 or 16 options per request, 1 to 8 requests at a time), against lm-eval in-process (HFLM) on the same
 folder; the same choice per item is checked. Writes benchmarks/results/lm_eval_endpoint.{json,md}.
 """
 
@@ -75,10 +75,11 @@ def timed(fn, model_dir: Path) -> tuple[dict, float]:
     return result, time.perf_counter() - start
 
 
-def served(base_url: str, model_dir: Path, concurrent: int) -> dict[str, list[list[float]]]:
+def served(base_url: str, model_dir: Path, concurrent: int, per_request: int) -> dict[str, list[list[float]]]:
     """Option log-likelihoods per suite from lm-eval's local-completions client against the endpoint
     (as an evaluate step with an endpoint input runs it)."""
-    out = harness.evaluate_endpoint(base_url, "bench", model_dir, [harness.TAG], concurrent=concurrent, log_samples=True)
+    out = harness.evaluate_endpoint(base_url, "bench", model_dir, [harness.TAG], concurrent=concurrent, per_request=per_request,
+                                    log_samples=True)
     return {s: [[ll for ll, _ in r["filtered_resps"]] for r in sorted(out["samples"][f"lifecycle_{s}"], key=lambda r: r["doc_id"])]
             for s in harness.SUITES}
 
@@ -86,21 +87,26 @@ def served(base_url: str, model_dir: Path, concurrent: int) -> dict[str, list[li
 def endpoint(model_dir: Path, repeats: int, port: int = 8124) -> int:
     """lm-eval in-process against lm-eval through the served model: wall seconds and agreement (see the docstring)."""
     import os
-    import secrets
+    import shutil
 
+    from report import private_ray_env, start_private_ray
+
+    from components.deploy.ingress import local_ingress_env
+
+    own_tmp = private_ray_env("lmevalbench")  # token auth on, set before Ray is imported
+    os.environ.update(local_ingress_env(dict(os.environ)))  # Serve's ingress as `lifecycle run` starts it
     import ray
     from ray import serve
     from serve_bench import deploy
 
-    from components.deploy.ingress import local_ingress_env
-
-    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-    os.environ.update(local_ingress_env(dict(os.environ)))  # Serve's ingress as `lifecycle run` starts it
-    ray.init(address="local", num_cpus=2, log_to_driver=False, configure_logging=False)
+    start_private_ray()
     try:
         url = deploy(model_dir, port, max_batch_size=16, max_ongoing_requests=32)
-        ways = {"in-process": lambda: theirs(model_dir), "endpoint, 1 at a time": lambda: served(url, model_dir, 1),
-                "endpoint, 8 at a time": lambda: served(url, model_dir, 8)}
+        ways = {"in-process": lambda: theirs(model_dir),
+                "endpoint, 1 option per request, 1 at a time": lambda: served(url, model_dir, 1, 1),
+                "endpoint, 1 option per request, 8 at a time": lambda: served(url, model_dir, 8, 1),
+                "endpoint, 16 options per request, 1 at a time (the evaluate step's default)": lambda: served(url, model_dir, 1, 16),
+                "endpoint, 16 options per request, 2 at a time": lambda: served(url, model_dir, 2, 16)}
         times, scores = {k: [] for k in ways}, {}
         for repeat in range(repeats):  # in turns, so that drift weighs on every way alike
             for name, fn in ways.items():
@@ -111,6 +117,8 @@ def endpoint(model_dir: Path, repeats: int, port: int = 8124) -> int:
     finally:
         serve.shutdown()
         ray.shutdown()
+        if own_tmp:
+            shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
     local = scores["in-process"]
     rows, data = [], {"seconds": times, "agreement": {}}
     for name, got in scores.items():
@@ -121,7 +129,8 @@ def endpoint(model_dir: Path, repeats: int, port: int = 8124) -> int:
         rows.append([name, f"{same}/{sum(len(v) for v in local.values())}", f"{diff:.1e}", f"{median:.2f} s",
                      f"x{median / statistics.median(times['in-process'][1:] or times['in-process']):.2f}"])
     caption = (f"lm-eval on the four bundled suites (the `lifecycle` tag: 160 items) on the tiny 4 x 128 GPT-2: in-process (HFLM, "
-               f"batch {BATCH}) and through the endpoint (local-completions over HTTP to Serve on a private local Ray, 2 CPUs); "
+               f"batch {BATCH}) and through the endpoint (local-completions over HTTP to Serve on a private local Ray, 2 CPUs, "
+               f"one replica batching up to 16 prompts); "
                f"{repeats} repeats in turns, median of the repeats after the first.")
     write_result("lm_eval_endpoint", data, caption + "\n\n" + table(
         ["way", "same choice as in-process", "max log-likelihood diff", "wall", "vs in-process"], rows, "lrrrr"), "")

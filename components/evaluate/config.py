@@ -45,7 +45,9 @@ class EvaluateConfig(BaseModel):
                                 "also stop at benchmark_limit, as the step's own suites do."
     )
     batch_size: int = Field(16, ge=1, description="Work items per batch on a model replica; also lm-eval's batch size.")
-    endpoint_concurrency: int = Field(4, ge=1, le=64, description="Requests lm-eval keeps in flight against an endpoint input.")
+    endpoint_concurrency: int = Field(1, ge=1, le=64, description="Requests lm-eval keeps in flight against an endpoint input.")
+    endpoint_batch: int = Field(16, ge=1, le=16, description="Prompts per request lm-eval sends to an endpoint input (the "
+                                "endpoint takes 16 at most, and counts each against its max_ongoing_requests).")
     replicas: int | None = Field(None, ge=1, description="Model replicas at most; None: the spec's scale.workers.")
     ray_data_min_items: int = Field(
         5000, ge=0,

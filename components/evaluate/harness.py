@@ -135,7 +135,7 @@ def evaluate(model_dir: str | Path, tasks: list[str], batch_size: int = 16, limi
 
 
 def evaluate_endpoint(base_url: str, served_model: str, model_dir: str | Path, tasks: list[str], api_key: str | None = None,
-                      concurrent: int = 4, limit: int | None = None, benchmark_paths: dict[str, str] | None = None,
+                      concurrent: int = 1, per_request: int = 16, limit: int | None = None, benchmark_paths: dict[str, str] | None = None,
                       benchmark_limit: int | None = None, log_samples: bool = False,
                       instructions_path: str | None = None) -> dict:
     """lm-eval's `simple_evaluate` of `tasks` against a live OpenAI-compatible endpoint (this project's, or any
@@ -144,14 +144,17 @@ def evaluate_endpoint(base_url: str, served_model: str, model_dir: str | Path, t
     base_url: the API's base, e.g. "http://127.0.0.1:8000/v1". served_model: the model id the
     endpoint serves. model_dir: the served model's folder, for its tokenizer (lm-eval sends token-id
     prompts for log-likelihoods) and its context length (lm-eval truncates prompts to it). api_key: sent as "Authorization: Bearer <key>" (None: no header).
-    concurrent: requests in flight at once. The other arguments and the return value are `evaluate`'s.
+    concurrent: requests in flight at once. per_request: prompts (options, or generations) per request;
+    this project's endpoint takes up to 16 (api.MAX_PROMPTS), and counts each against its
+    max_ongoing_requests, so concurrent x per_request should stay within that (16 by default) or the
+    endpoint answers 429 and lm-eval waits and retries. The other arguments and the return value are `evaluate`'s.
     """
     from transformers import AutoConfig
 
     from components.core.models import context_length
 
     model_args = {"base_url": f"{base_url.rstrip('/')}/completions", "model": served_model, "tokenizer": str(model_dir),
-                  "tokenizer_backend": "huggingface", "num_concurrent": concurrent, "max_retries": 3,
+                  "tokenizer_backend": "huggingface", "num_concurrent": concurrent, "batch_size": per_request, "max_retries": 3,
                   # lm-eval's client assumes 2048 tokens unless told: it must truncate to the served model's context,
                   # or the endpoint refuses a longer prompt (400) where HFLM in-process would have truncated it.
                   "max_length": context_length(AutoConfig.from_pretrained(model_dir))}

@@ -248,6 +248,7 @@ def _run_harness(model_dir: str, cfg: EvaluateConfig, threads: int, instructions
 
         out = harness.evaluate_endpoint(endpoint["url"], endpoint["served_model"], model_dir, cfg.lm_eval_tasks,
                                         api_key=node_api_key(endpoint["api_key_file"]), concurrent=cfg.endpoint_concurrency,
+                                        per_request=cfg.endpoint_batch,
                                         **data)
     else:
         on_gpu = ray.get_gpu_ids() and not (model_dir / RECIPE).exists()  # as ModelReplica: int8 kernels are CPU-only
