@@ -11,6 +11,7 @@ from tests.conftest import ROOT, delete_serve_app, execute_notebook, lifecycle, 
 from workflows.spec import load_spec
 
 
+@pytest.mark.full  # `./scripts/test.sh --full`: about 3 minutes on 2 cores
 def test_quickstart_lineage_and_applications_notebooks_run_top_to_bottom_on_the_tiny_run(tiny_run, ray_address, serve_port):
     workdir = str(tiny_run.workdir)
     uri = tracking.tracking_uri_for(tiny_run.workdir)

@@ -14,6 +14,8 @@ from components import tracking
 from components.deploy.step import adapters_of
 from tests.conftest import ROOT, delete_serve_app, execute_notebook, lifecycle, lifecycle_popen, notebook_images, notebook_text, wait_for, wait_for_idle_cluster
 
+pytestmark = pytest.mark.full  # `./scripts/test.sh --full` (CI runs the main path only: scripts/test.sh)
+
 RANKS = [2, 8]
 MAX_STEPS = 40
 
