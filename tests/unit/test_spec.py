@@ -164,7 +164,7 @@ ENDPOINT = GOOD + """\
     uses: instructions
   ft:
     uses: finetune
-    needs: [pre, ins]
+    needs: [pre, ins, corpus]
   ev:
     uses: evaluate
     needs: [ft, ins]
