@@ -190,3 +190,23 @@ def test_response_bodies_have_openais_logprobs_shapes():
     assert content == [{"token": "é", "logprob": -0.25, "bytes": [195, 169],
                         "top_logprobs": [{"token": "é", "logprob": -0.25, "bytes": [195, 169]},
                                          {"token": "e", "logprob": -2.0, "bytes": [101]}]}]
+
+
+def test_a_quantized_model_is_scored_by_its_own_integer_weights(model, tok, tmp_path):
+    """As a replica serves it: the int8 model loaded from its folder (load_trained), whose echo
+    log-probabilities are its own forward pass, not the float model's it came from."""
+    import copy
+
+    from components.core.models import load_trained
+    from components.core.quantize import quantize, save_quantized
+
+    save_quantized(quantize(copy.deepcopy(model), "int8_dynamic"), tmp_path / "int8", "int8_dynamic")
+    tok.save_pretrained(tmp_path / "int8")
+    served = load_trained(tmp_path / "int8")
+    ids = ids_of(tok, PROMPTS[0])
+    (scored,) = generate(served, tok, [ids], Params(max_tokens=0, logprobs=1, echo=True))
+    got = torch.tensor(scored.logprobs.token_logprobs[1:])
+    target = torch.tensor(ids[1:])[:, None]
+    own, float_model = (direct(m, ids)[:-1].gather(1, target)[:, 0] for m in (served, model))
+    assert torch.allclose(got, own, atol=1e-5)
+    assert (got - float_model).abs().max() > 1e-4  # the integer weights moved them: a float model would not pass
