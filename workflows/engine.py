@@ -190,13 +190,8 @@ def run(resolved: Resolved, workdir: Path, address: str | None = None, display=N
     root = storage_root if storage_root and storage.is_remote(storage_root) else str(Path(storage_root or workdir).resolve())
     uri = tracking.tracking_uri_for(workdir)
     keys = cache_keys(resolved)
-    started_ray = start_ray(address)
-    try:
-        check_cluster(storage_root, os.environ.get("MLFLOW_TRACKING_URI"))  # before anything is written
-    except SpecError:
-        if started_ray:
-            ray.shutdown()
-        raise
+    started_ray = start_ray(address)  # a Ray it starts has one node, which check_cluster never refuses
+    check_cluster(storage_root, os.environ.get("MLFLOW_TRACKING_URI"))  # before anything is written
     parent = tracking.start_workflow_run(uri, workdir, resolved.spec.name, resolved.sha, resolved.document, _git_commit())
     board = ProgressBoard.remote()
     refs: dict[str, ray.ObjectRef] = {}

@@ -80,7 +80,7 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
         return encoder.run(cfg, inputs, ctx)
     instructions = next((a for a in inputs.values() if a.kind == "instructions"), None)
     corpus = next((a for a in inputs.values() if a.kind == "dataset"), None)
-    endpoint = _served(model_step, model, next(((n, a) for n, a in inputs.items() if a.kind == "endpoint"), None), cfg)
+    endpoint = _served(next((a for a in inputs.values() if a.kind == "endpoint"), None))
     tokenizer = AutoTokenizer.from_pretrained(model.path)
     # Perplexity, the reference answer's likelihood and the benchmark options score a causal LM's
     # next-token distribution; an encoder-decoder (T5) is scored on its generated answers only.
@@ -201,21 +201,11 @@ def _score(rows: list[dict], model_dir: str, cfg: EvaluateConfig, ctx: StepConte
     return results
 
 
-def _served(model_step: str, model: Artifact, found: tuple[str, Artifact] | None, cfg: EvaluateConfig) -> dict | None:
-    """The endpoint input's {url, served_model, api_key_file} for lm-eval's tasks, None without one.
-
-    ValueError when there is an endpoint but no lm_eval_tasks to send it, or when it serves
-    another model than the step's model input (that model's tokenizer builds lm-eval's prompts).
-    """
-    if found is None:
+def _served(endpoint: Artifact | None) -> dict | None:
+    """The endpoint input's {url, served_model, api_key_file} for lm-eval's tasks, None without one. The spec
+    check made sure the step names tasks and that its model is the one served (workflows/spec.py)."""
+    if endpoint is None:
         return None
-    name, endpoint = found
-    if not cfg.lm_eval_tasks:
-        raise ValueError(f"field 'lm_eval_tasks': the endpoint of step '{name}' is scored by lm-eval; name the tasks to run on it")
-    served_run = str(endpoint.metrics.get("run_id") or "")
-    if served_run != model.run_id:
-        raise ValueError(f"step '{name}' serves the model of MLflow run {served_run or '(none)'}, and this step's model input "
-                         f"'{model_step}' is run {model.run_id}: needs must name the model the endpoint serves")
     return {"url": str(endpoint.metrics["url"]), "served_model": str(endpoint.metrics["served_model"]),
             "api_key_file": endpoint.metrics.get("api_key_file")}
 
