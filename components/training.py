@@ -5,13 +5,18 @@ placement group that reserves all of them."""
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import ray
 import ray.train
+from ray._raylet import PlacementGroupID
+from ray.exceptions import RayActorError
 from ray.train.torch import TorchTrainer
+from ray.util.placement_group import PlacementGroup, remove_placement_group
 
 from components.artifact import StepContext
 from components.report import ReportToLineage
@@ -49,12 +54,50 @@ def fit(loop: Callable[[dict], None], loop_config: dict, ctx: StepContext, max_f
     name = f"{ctx.step}-{ctx.cache_key[:16]}" + (f"-{part}" if part else "")
     callbacks = [ReportToLineage(ctx.tracking_uri, run_id or ctx.run_id, ctx.progress, shown)]
     with ctx.timed("ray_train"):  # worker start, the loop, stop: the loop's own time is in its reports
-        result = trainer(loop, loop_config, ctx, name, max_failures, callbacks).fit()
+        restarts = 0
+        while True:
+            try:
+                result = _fit_once(trainer(loop, loop_config, ctx, name, max_failures - restarts, callbacks))
+                break
+            except ray.train.ControllerError as error:
+                # Ray 2.60 restarts a group whose worker dies while the group initialises or trains,
+                # but not one whose worker dies while the group launches the loop (WorkerGroup's
+                # ray.get of run_train_fn sits outside the try that makes a death retryable): that
+                # one comes back as a ControllerError, its group leaked. Freed, the same name resumes
+                # from the latest checkpoint, in the same MLflow run, counted against max_failures.
+                if not isinstance(error.controller_failure, RayActorError) or restarts >= max_failures:
+                    raise
+                _free_placement_group_of(error.controller_failure)
+                restarts += 1
+                ctx.progress({"restart": f"{restarts} of {max_failures}: a worker died while its group started"})
     local = Path(tempfile.mkdtemp(prefix=f"{ctx.phase}-export-"))
     with ctx.timed("export"), result.checkpoint.as_directory() as directory:
         top = Path(directory)
         shutil.copytree(top, local, dirs_exist_ok=True, ignore=lambda d, names: ["state"] if Path(d) == top else [])
     return local
+
+
+def _fit_once(run: TorchTrainer) -> ray.train.Result:
+    """run.fit(), then the SIGINT handler it installed (on the main thread) put back: that handler
+    holds the run's controller actor, which would otherwise outlive the run, with its resources."""
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if on_main else None
+    try:
+        return run.fit()
+    finally:
+        if on_main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _free_placement_group_of(dead: RayActorError) -> None:
+    """Remove the placement group the dead worker ran in: its controller never took charge of the
+    group it was starting, so nothing else would, and the group holds its CPUs until Ray stops.
+    Asks Ray's State API (the dashboard) which group that was."""
+    from ray.util.state import get_actor  # deferred: only a failed start needs the State API
+
+    actor = get_actor(dead.actor_id)
+    if actor is not None and actor.placement_group_id:
+        remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(actor.placement_group_id))))
 
 
 def reserve_actors(bundle: dict[str, float], count: int, phase: str, ctx: StepContext):

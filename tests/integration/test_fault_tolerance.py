@@ -3,6 +3,8 @@
 import json
 import os
 import signal
+import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -14,13 +16,13 @@ LONG = ["pretrain.max_steps=160", "pretrain.log_every=10", "pretrain.checkpoint_
         "pretrain.eval_tokens=2000"]
 
 
-def past_first_checkpoint(workdir: Path) -> bool:
-    """True once pretrain logged a step after its first checkpoint (40): Ray Train has registered it."""
+def past_checkpoint(workdir: Path, step: int = 40) -> bool:
+    """True once pretrain logged a step after its checkpoint at `step`: Ray Train has registered it."""
     if not (workdir / "mlflow.db").exists():
         return False
     try:
         client, runs = step_runs(workdir)
-        return any(m.step > 40 for r in runs[-1:] for m in client.get_metric_history(r.info.run_id, "loss"))
+        return any(m.step > step for r in runs[-1:] for m in client.get_metric_history(r.info.run_id, "loss"))
     except Exception:  # the database is still being created
         return False
 
@@ -29,7 +31,7 @@ def start_long_run(spec: str, workdir: Path, ray_address: str, log: Path):
     """Start the smoke workflow (160 pretraining steps) and wait until it is past its first checkpoint."""
     wait_for_idle_cluster()  # a trainer of the previous test still holding CPUs would stall this one
     proc = lifecycle_popen("run", spec, *LONG, "--workdir", str(workdir), "--address", ray_address, log=log)
-    wait_for(lambda: proc.poll() is not None or past_first_checkpoint(workdir), 420, "a first checkpoint", log)
+    wait_for(lambda: proc.poll() is not None or past_checkpoint(workdir), 420, "a first checkpoint", log)
     assert proc.poll() is None, log.read_text()
     return proc
 
@@ -86,3 +88,49 @@ def test_killed_worker_then_killed_driver_resume_from_checkpoints(ray_address, t
     assert resume.value >= 80 and resumed[0] > resume.value and resumed[-1] == 160  # not from scratch
     summary = json.loads(lifecycle("status", "--workdir", str(workdir), "--json").stdout)[0]["steps"]
     assert [s["state"] for s in summary] == ["cached", "cached", "done"]
+
+
+def importing_the_loop(process: psutil.Process) -> bool:
+    """Whether a training worker is loading the loop's module: tokenizers is mapped only once the loop's
+    imports (transformers) run, which Ray Train does while it launches the loop on the worker."""
+    try:
+        return "tokenizers" in Path(f"/proc/{process.pid}/maps").read_text()
+    except OSError:  # it exited
+        return False
+
+
+def test_worker_killed_while_its_group_starts_and_during_a_checkpoint(ray_address, tmp_path):
+    """A worker may die at any moment (preemption, OOM). Here: once while Ray Train launches the loop on
+    the group (Ray 2.60 does not retry that death itself: components/training.fit does), and once while
+    the group writes a checkpoint. The step finishes in one MLflow run, resumed from the last whole
+    checkpoint, within max_failures (3)."""
+    workdir, log = tmp_path / "wd", tmp_path / "run.log"
+    args = ["pretrain.max_steps=80", "pretrain.log_every=10", "pretrain.checkpoint_every=20", "pretrain.eval_every=80",
+            "pretrain.eval_tokens=2000"]
+    wait_for_idle_cluster()
+    proc = lifecycle_popen("run", str(smoke_subset(tmp_path)), *args, "--workdir", str(workdir), "--address", ray_address, log=log)
+
+    deadline = time.time() + 300  # polled fast: the loop's imports take a second or two
+    while not (victims := [p for p in train_workers() if importing_the_loop(p)]):
+        assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.02)
+    victims[0].send_signal(signal.SIGKILL)
+    wait_for(lambda: proc.poll() is not None or "a worker died while its group started" in log.read_text(), 60,
+             "the step to restart its group", log)
+
+    wait_for(lambda: proc.poll() is not None or past_checkpoint(workdir, 20), 300, "a first checkpoint", log)
+    seen = set(Path(tempfile.gettempdir()).glob("train-ckpt-*"))  # each rank's folder of a checkpoint being saved
+    deadline = time.time() + 120
+    while not (saving := set(Path(tempfile.gettempdir()).glob("train-ckpt-*")) - seen):
+        assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.01)
+    train_workers()[0].send_signal(signal.SIGKILL)
+
+    assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    client, runs = step_runs(workdir)
+    assert [r.info.status for r in runs] == ["FINISHED"], "one MLflow run for the step, whatever died"
+    losses = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")]
+    (resume,) = client.get_metric_history(runs[0].info.run_id, "resumed_from_step")
+    assert resume.value in (20, 40, 60), f"resumed from {resume.value}: not a whole checkpoint"
+    assert losses[-1] == 80 and sorted(set(losses)) == list(range(10, 81, 10)), losses
+    assert saving and runs[0].data.metrics["seconds_ray_train"] > 0
