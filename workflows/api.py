@@ -94,7 +94,7 @@ def run(spec: str | Path | Resolved, *overrides: str, workdir: str | Path = ".li
     from workflows.progress import Display
 
     resolved = spec if isinstance(spec, Resolved) else load(spec, *overrides)
-    with Display() if progress else contextlib.nullcontext() as display:
+    with Display(log=Path(workdir) / "lifecycle.log") if progress else contextlib.nullcontext() as display:
         run_id, outcomes = engine.run(resolved, Path(workdir), address, display, keep_ray=True, storage_root=storage)
     result = Run(run_id, Path(workdir), outcomes)
     for o in outcomes:

@@ -99,7 +99,7 @@ def _run(args, console: Console) -> int:
     # A local Ray that serves an endpoint stays up after the workflow, until Ctrl-C.
     hold = not args.no_wait and not args.address and any(
         s.uses == "deploy" and resolved.configs[n].wait for n, s in resolved.spec.steps.items())
-    with Display(console) as display:
+    with Display(console, log=Path(args.workdir) / "lifecycle.log") as display:
         run_id, outcomes = engine.run(resolved, Path(args.workdir), args.address, display, keep_ray=hold,
                                       storage_root=args.storage)
     console.print(summary_table(outcomes, run_id))

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
 import time
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.live import Live
@@ -47,21 +52,32 @@ def live_table(rows: dict[str, dict[str, Any]]) -> Table:
 
 
 class Display:
-    """Live table on a terminal; one line per state change elsewhere (CI logs, pipes)."""
+    """Live table on a terminal; one line per state change elsewhere (CI logs, pipes).
 
-    def __init__(self, console: Console | None = None):
+    While the live table is shown, whatever else would write to the terminal goes to `log`
+    (stray_output_to), so that the table is never torn by Ray's notices or a library's warnings."""
+
+    def __init__(self, console: Console | None = None, log: Path | None = None):
         self.console = console or Console(emoji=False)
-        self.live = Live(console=self.console, refresh_per_second=4, transient=True) if self.console.is_terminal else None
+        live = self.console.is_terminal
+        # Live's own redirection would print the stray lines above the table; they go to `log` instead.
+        self.live = Live(console=self.console, refresh_per_second=4, transient=True,
+                         redirect_stdout=not log, redirect_stderr=not log) if live else None
+        self.log = log if live else None
+        self.stray = contextlib.ExitStack()
         self.seen: dict[str, str] = {}
 
     def __enter__(self):
         if self.live:
+            if self.log:
+                self.stray.enter_context(stray_output_to(self.log, self.console))
             self.live.__enter__()
         return self
 
     def __exit__(self, *exc):
         if self.live:
             self.live.__exit__(*exc)
+            self.stray.close()
 
     def update(self, rows: dict[str, dict[str, Any]]) -> None:
         if self.live:
@@ -75,6 +91,38 @@ class Display:
             elif state == "running" and row.get("metrics") and self.seen.get(name + "/m") != str(row["metrics"]):
                 self.seen[name + "/m"] = str(row["metrics"])
                 self.console.print(f"[{time.strftime('%H:%M:%S')}] {name}: {_metric(row)}", highlight=False)
+
+
+@contextlib.contextmanager
+def stray_output_to(path: Path, console: Console) -> Iterator[TextIO]:
+    """Send what else writes to the terminal to `path` (appended) until exit: print() and sys.stderr
+    (Ray's driver prints the raylet's notices, e.g. "(raylet) A worker died ...", to sys.stdout from a
+    thread) and every logging handler that writes to the terminal. `console` keeps the terminal."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    terminal = sys.stdout, sys.stderr
+    console.file = console.file  # pinned: a Console without a file writes to whatever sys.stdout is now
+    with open(path, "a", buffering=1) as log:
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} lifecycle run\n")
+        start = log.tell()
+        loggers = [logging.getLogger(), *(v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger))]
+        handlers = [h for lg in loggers for h in lg.handlers if type(h) is logging.StreamHandler and h.stream in terminal]
+        streams = [h.setStream(log) for h in handlers]
+        sys.stdout = sys.stderr = log
+        try:
+            yield log
+        finally:
+            sys.stdout, sys.stderr = terminal
+            for handler, stream in zip(handlers, streams):
+                handler.setStream(stream)
+            # Handlers made while the table was shown (Ray's, at ray.init) took the log: give them the terminal.
+            for lg in [logging.getLogger(), *logging.root.manager.loggerDict.values()]:
+                for h in getattr(lg, "handlers", []):
+                    if isinstance(h, logging.StreamHandler) and h.stream is log:
+                        h.setStream(terminal[1])
+            log.flush()
+            wrote = log.tell() > start
+    if wrote:
+        console.print(f"[dim]messages from Ray and libraries during the run: {path}[/dim]", highlight=False, soft_wrap=True)
 
 
 def summary_table(outcomes, workflow_run_id: str) -> Table:

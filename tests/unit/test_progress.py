@@ -35,3 +35,37 @@ def test_a_phase_with_its_own_progress_keys_shows_them():
     Display(console).update({"ppo": {"phase": "ppo", "state": "running", "started": 0.0,
                                      "metrics": {"iteration": 3, "reward": 2.913, "kl": 0.04}}})
     assert "ppo: running iteration 3, reward 2.913, kl 0.04" in console.file.getvalue()
+
+
+def test_while_the_live_table_shows_rays_notices_and_warnings_go_to_the_log(tmp_path):
+    """The cold tiny run's table was torn by Ray's driver notices ("(raylet) A worker died ...", printed to
+    sys.stdout by Ray's error-message thread) and by log records: they go to the workdir's log instead."""
+    import logging
+    import sys
+    import threading
+
+    from ray._private.worker import print_to_stdstream  # what Ray's listen_error_messages thread calls
+
+    console = Console(file=io.StringIO(), width=120, force_terminal=True, emoji=False)
+    record = logging.getLogger("lifecycle-test-library")
+    handler = logging.StreamHandler(sys.stderr)
+    record.addHandler(handler)
+    terminal = sys.stdout, sys.stderr
+    log = tmp_path / "wd" / "lifecycle.log"
+    try:
+        with Display(console, log=log) as display:
+            display.update({"pretrain": {"phase": "pretrain", "state": "running", "started": 0.0}})
+            notice = threading.Thread(target=print_to_stdstream, args=(
+                {"lines": ["A worker died or was killed while executing a task"], "pid": "raylet", "is_err": False}, False))
+            notice.start()
+            notice.join()
+            print("a stray print")
+            record.warning("a library's warning")
+            assert (sys.stdout, sys.stderr) != terminal
+        assert (sys.stdout, sys.stderr) == terminal and handler.stream is sys.stderr
+    finally:
+        record.removeHandler(handler)
+    shown, kept = console.file.getvalue(), log.read_text()
+    for line in ("A worker died", "a stray print", "a library's warning"):
+        assert line in kept and line not in shown
+    assert "pretrain" in shown and f"during the run: {log}" in shown
