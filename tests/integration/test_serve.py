@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -289,7 +290,7 @@ def test_streams_hold_their_slot_to_the_end_and_block_no_one(endpoint):
 
 
 def test_overload_with_hostile_bodies_gets_only_answers_refusals_and_4xx(endpoint):
-    """400 requests from 48 threads: valid ones, and bodies oversized, malformed, unauthenticated or out of range."""
+    """2,000 requests from 48 threads: valid ones, and bodies oversized, malformed, unauthenticated or out of range."""
     url, *_ = endpoint
     json_headers = {**HEADERS, "Content-Type": "application/json"}
     hostile = [
@@ -314,10 +315,12 @@ def test_overload_with_hostile_bodies_gets_only_answers_refusals_and_4xx(endpoin
 
     started = time.monotonic()
     with ThreadPoolExecutor(48) as pool:
-        results = list(pool.map(ask, range(400)))
-    assert time.monotonic() - started < 120
+        results = list(pool.map(ask, range(2000)))
+    seconds = time.monotonic() - started
+    assert seconds < 300  # 54 s on 2 busy cores: a stall, not slowness, would pass this
     valid = [code for kind, code, _ in results if kind == "valid"]
     refused = [code for kind, code, _ in results if kind == "hostile"]
+    print(f"overload: {len(results)} requests in {seconds:.0f}s; valid {dict(Counter(valid))}, hostile {dict(Counter(refused))}")
     assert set(valid) <= {200, 429, 503}, valid
     assert valid.count(200) > 0 and valid.count(429) + valid.count(503) > 0, valid
     assert all(code in (400, 401, 404, 413, 422, 429, 503) for code in refused), refused
