@@ -174,7 +174,8 @@ def run(cfg: GRPOConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artif
         remove_placement_group(pg)
 
     with ctx.timed("score_after"):
-        after = hits(ctx.output_dir, tokenizer, test, cfg.eval_max_new_tokens)
+        # Kept under this model's key: its evaluate step reuses the answers instead of generating them again.
+        after = hits(ctx.output_dir, tokenizer, test, cfg.eval_max_new_tokens, AnswerMemo.of(ctx.cache_key, ctx.storage_path, ctx.step))
     history = state["history"]
     split = {key: float(np.mean([h[key] for h in history])) for key in ("sync_s", "generation_s", "reward_s", "reference_s", "training_s")}
     metrics = {
