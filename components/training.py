@@ -65,9 +65,9 @@ def fit(loop: Callable[[dict], None], loop_config: dict, ctx: StepContext, max_f
                 # ray.get of run_train_fn sits outside the try that makes a death retryable): that
                 # one comes back as a ControllerError, its group leaked. Freed, the same name resumes
                 # from the latest checkpoint, in the same MLflow run, counted against max_failures.
-                if not isinstance(error.controller_failure, RayActorError) or restarts >= max_failures:
+                dead = error.controller_failure
+                if not isinstance(dead, RayActorError) or restarts >= max_failures or not _free_placement_group_of(dead):
                     raise
-                _free_placement_group_of(error.controller_failure)
                 restarts += 1
                 ctx.progress({"restart": f"{restarts} of {max_failures}: a worker died while its group started"})
     local = Path(tempfile.mkdtemp(prefix=f"{ctx.phase}-export-"))
@@ -89,15 +89,20 @@ def _fit_once(run: TorchTrainer) -> ray.train.Result:
             signal.signal(signal.SIGINT, previous)
 
 
-def _free_placement_group_of(dead: RayActorError) -> None:
+def _free_placement_group_of(dead: RayActorError) -> bool:
     """Remove the placement group the dead worker ran in: its controller never took charge of the
     group it was starting, so nothing else would, and the group holds its CPUs until Ray stops.
-    Asks Ray's State API (the dashboard) which group that was."""
+    Asks Ray's State API (the dashboard) which group that was; False when it cannot tell."""
     from ray.util.state import get_actor  # deferred: only a failed start needs the State API
 
-    actor = get_actor(dead.actor_id)
-    if actor is not None and actor.placement_group_id:
-        remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(actor.placement_group_id))))
+    try:
+        actor = get_actor(dead.actor_id)
+    except Exception:  # no dashboard on this cluster: the caller raises the worker's death as it came
+        return False
+    if actor is None or not actor.placement_group_id:
+        return False
+    remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(actor.placement_group_id))))
+    return True
 
 
 def reserve_actors(bundle: dict[str, float], count: int, phase: str, ctx: StepContext):
