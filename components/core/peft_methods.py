@@ -74,7 +74,8 @@ class SelectiveSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     trainable: list[str] = Field(
         ["*.h.3.*", "*layers.3.*"], min_length=1,
-        description="fnmatch patterns over parameter names, e.g. '*.h.3.*' (block 3), '*.bias' (biases), '*ln_f*'.",
+        description="fnmatch patterns over parameter names, any of which trains a parameter, e.g. '*.h.3.*' (GPT-2's "
+        "block 3), '*layers.3.*' (Llama-style), '*.bias' (biases), '*ln_f*'; refused when none matches.",
     )
 
 
@@ -99,12 +100,14 @@ def apply_method(model, method: Method, lora: LoraSettings, prompt_tuning: Promp
         model.requires_grad_(True)
         return model
     if method == "selective":
-        names = [n for n, _ in model.named_parameters()]
-        for pattern in selective.trainable:
-            if not any(fnmatch.fnmatch(n, pattern) for n in names):
-                raise ValueError(f"selective.trainable: pattern {pattern!r} matches no parameter (e.g. {names[:3]})")
+        # The patterns are alternatives (the default names block 3 in GPT-2's and in Llama's layout): one model
+        # matches some of them; none at all is a mistake.
+        chosen = {n for n, _ in model.named_parameters() if any(fnmatch.fnmatch(n, pat) for pat in selective.trainable)}
+        if not chosen:
+            names = [n for n, _ in model.named_parameters()]
+            raise ValueError(f"selective.trainable: no parameter matches any of {selective.trainable} (e.g. {names[:3]})")
         for name, p in model.named_parameters():
-            p.requires_grad_(any(fnmatch.fnmatch(name, pat) for pat in selective.trainable))
+            p.requires_grad_(name in chosen)
         return model
     if method == "lora":
         targets = lora_targets(model, lora.target_modules)

@@ -223,3 +223,20 @@ def test_an_answer_memo_answers_each_prompt_once_per_model(tokenizer, tmp_path):
     assert evaluate.known(tokenizer, [*prompts, "unseen"], 5) == dict(zip(prompts, greedy_answers(model, tokenizer, prompts, 5)))
     assert evaluate.reused == {"finetune": len(prompts)}
     assert AnswerMemo.of("other-key", str(tmp_path), "eval").known(tokenizer, prompts, 5) == {}
+
+
+def test_the_selective_default_trains_block_3_of_a_gpt2_and_of_a_llama(tokenizer):
+    """The default patterns name block 3 in both layouts ('*.h.3.*' GPT-2, '*layers.3.*' Llama): each model
+    matches one of them. Requiring every pattern to match refused the default on every model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    gpt2 = build_causal_lm(ModelConfig(n_layer=4, n_embd=32, n_head=2, n_positions=96), len(tokenizer), tokenizer.bos_token_id,
+                           tokenizer.eos_token_id, tokenizer.pad_token_id, 0)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    for model, block in ((gpt2, ".h.3."), (llama, "layers.3.")):
+        model = apply_method(model, "selective", LoraSettings(), PromptTuningSettings(), SelectiveSettings(), tokenizer)
+        trained = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert trained and all(block in n for n in trained), trained
+    with pytest.raises(ValueError, match=r"selective.trainable: no parameter matches any of \['\*.h.9.\*'\]"):
+        apply_method(gpt2, "selective", LoraSettings(), PromptTuningSettings(), SelectiveSettings(trainable=["*.h.9.*"]), tokenizer)
