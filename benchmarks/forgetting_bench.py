@@ -33,6 +33,7 @@ from workflow_bench import cli_env  # noqa: E402
 from components import tracking  # noqa: E402
 from components.core.metrics import exact_match  # noqa: E402
 from components.data.instructions import read_examples_jsonl  # noqa: E402
+from components.grpo.step import paired  # noqa: E402
 
 PEFT = ["finetune.lr=1e-2"]  # tiny.yaml's 2e-3 is full fine-tuning's; PEFT takes the phase's default
 SETTINGS = {
@@ -85,13 +86,11 @@ def hits(workdir: Path, run, tokenizer) -> dict[str, bool]:
     return out
 
 
-def paired(a: dict[str, bool], b: dict[str, bool]) -> tuple[float, float, int]:
-    """Mean of b - a over the prompts both answered, its standard error, and how many prompts."""
+def gap(a: dict[str, bool], b: dict[str, bool]) -> tuple[float, float, int]:
+    """b's exact match less a's over the prompts both answered, its paired standard error, and how many prompts."""
     common = sorted(set(a) & set(b))
-    diff = [float(b[p]) - float(a[p]) for p in common]
-    mean = sum(diff) / len(diff)
-    var = sum((d - mean) ** 2 for d in diff) / max(len(diff) - 1, 1)
-    return mean, math.sqrt(var / len(diff)), len(diff)
+    scores = paired([a[p] for p in common], [b[p] for p in common])  # GRPO's before/after comparison, the same statistic
+    return scores["exact_match_gain"], scores["exact_match_gain_se"], len(common)
 
 
 def plot(rows: list[dict]):
@@ -157,14 +156,14 @@ def main() -> None:
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(next(args.workdir.glob("artifacts/tokenizer-*")))
         mine = hits(args.workdir, run, tokenizer)
         first_hits = first_hits or mine
-        gap, gap_se, n = paired(first_hits, mine)
+        gain, gain_se, n = gap(first_hits, mine)
         p = m["exact_match_after"]
         rows.append({"setting": name, "overrides": SETTINGS[name], "exact_match": p,
-                     "exact_match_se": math.sqrt(p * (1 - p) / max(len(mine), 1)), "gap_vs_first": gap, "gap_se": gap_se,
+                     "exact_match_se": math.sqrt(p * (1 - p) / max(len(mine), 1)), "gap_vs_first": gain, "gap_se": gain_se,
                      "paired_prompts": n, "corpus_ppl_before": m["corpus_ppl_before"], "corpus_ppl_after": m["corpus_ppl_after"],
                      "forgetting_ppl_ratio": m["forgetting_ppl_ratio"], "trainable_share": m.get("trainable_share"),
                      "seconds": time.time() - started, "run_id": run.info.run_id})
-        print(f"  exact match {p:.1%} ({gap:+.1%} ± {gap_se:.1%} vs {names[0]}), forgetting x{m['forgetting_ppl_ratio']:.1f}",
+        print(f"  exact match {p:.1%} ({gain:+.1%} ± {gain_se:.1%} vs {names[0]}), forgetting x{m['forgetting_ppl_ratio']:.1f}",
               flush=True)
         report(rows, names[0], uri)  # after every setting: a stopped run keeps what it measured
 

@@ -104,25 +104,26 @@ def stray_output_to(path: Path, console: Console) -> Iterator[TextIO]:
     with open(path, "a", buffering=1) as log:
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} lifecycle run\n")
         start = log.tell()
-        loggers = [logging.getLogger(), *(v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger))]
-        handlers = [h for lg in loggers for h in lg.handlers if type(h) is logging.StreamHandler and h.stream in terminal]
-        streams = [h.setStream(log) for h in handlers]
+        # Handlers writing to the terminal now, and their streams (a FileHandler is a StreamHandler subclass: left alone).
+        before = {h: h.setStream(log) for h in _stream_handlers() if type(h) is logging.StreamHandler and h.stream in terminal}
         sys.stdout = sys.stderr = log
         try:
             yield log
         finally:
             sys.stdout, sys.stderr = terminal
-            for handler, stream in zip(handlers, streams):
-                handler.setStream(stream)
-            # Handlers made while the table was shown (Ray's, at ray.init) took the log: give them the terminal.
-            for lg in [logging.getLogger(), *logging.root.manager.loggerDict.values()]:
-                for h in getattr(lg, "handlers", []):
-                    if isinstance(h, logging.StreamHandler) and h.stream is log:
-                        h.setStream(terminal[1])
-            log.flush()
+            # Those get their stream back; handlers made meanwhile (Ray's, at ray.init) took the log: the terminal.
+            for handler in _stream_handlers():
+                if handler.stream is log:
+                    handler.setStream(before.get(handler, terminal[1]))
             wrote = log.tell() > start
     if wrote:
         console.print(f"[dim]messages from Ray and libraries during the run: {path}[/dim]", highlight=False, soft_wrap=True)
+
+
+def _stream_handlers() -> list[logging.StreamHandler]:
+    """Every StreamHandler of the root logger and of every named logger."""
+    loggers = [logging.getLogger(), *(v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger))]
+    return [h for lg in loggers for h in lg.handlers if isinstance(h, logging.StreamHandler)]
 
 
 def summary_table(outcomes, workflow_run_id: str) -> Table:
