@@ -77,6 +77,31 @@ class AnswerMemo:
         return [answers[p] for p in prompts]
 
 
+def kept_perplexity(storage_path: str, model_key: str, data_key: str) -> dict | None:
+    """A model's perplexity on one set of segments as an evaluate step kept it ({"perplexity", "step"}), or None.
+    `data_key` names the segments (corpus, token budget, segment length); storage in an object store keeps none."""
+    path = _perplexity_path(storage_path, model_key, data_key)
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
+def keep_perplexity(storage_path: str, model_key: str, data_key: str, perplexity: float, step: str) -> None:
+    """Keep a model's perplexity for the later evaluate steps that need it (a fine-tuned model's forgetting is
+    its perplexity over its pretrained origin's, on the same segments)."""
+    path = _perplexity_path(storage_path, model_key, data_key)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{uuid.uuid4().hex}.partial")
+    partial.write_text(json.dumps({"perplexity": perplexity, "step": step}))
+    partial.replace(path)  # evaluate steps on parallel branches may keep the same score; either copy is whole
+
+
+def _perplexity_path(storage_path: str, model_key: str, data_key: str) -> Path | None:
+    if storage.is_remote(storage_path):
+        return None
+    return storage.local_path(storage_path) / "scores" / model_key / f"perplexity-{data_key}.json"
+
+
 def reuse_tags(**memos: AnswerMemo) -> dict[str, str]:
     """MLflow tags saying where reused answers came from, e.g. {"lifecycle.answers_before": "292 from finetune"}."""
     return {f"lifecycle.answers_{name}": ", ".join(f"{n} from {step}" for step, n in sorted(m.reused.items()))

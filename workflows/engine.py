@@ -117,6 +117,8 @@ def execute_step(job: dict[str, Any], board, *upstream: Artifact) -> Artifact:
                 shutil.rmtree(final)
             os.replace(scratch, final)
         artifact = dataclasses.replace(artifact, uri=str(final))
+        if artifact.kind == "model":
+            artifact = dataclasses.replace(artifact, metrics={**artifact.metrics, **origin_of(name, artifact, inputs)})
         if artifact.kind in ("model", "reward_model"):
             registered = f"{job['workflow']}-{name}"
             version = tracking.register_model(uri, run_id, registered, storage.as_uri(final))
@@ -133,6 +135,18 @@ def execute_step(job: dict[str, Any], board, *upstream: Artifact) -> Artifact:
         raise
     board.update.remote(name, {"state": "done", "headline": artifact.headline, "ended": time.time()})
     return artifact
+
+
+def origin_of(step: str, made: Artifact, inputs: dict[str, Artifact]) -> dict[str, str]:
+    """The pretrained model at the root of a model's lineage, which its forgetting is measured against
+    (components/evaluate): the origin of the step's model input, or the model itself when the step had
+    none (pretrain, base). {"origin_step", "origin_uri", "origin_key"}."""
+    source = next(((n, a) for n, a in inputs.items() if a.kind == "model"), None)
+    if source is None:
+        return {"origin_step": step, "origin_uri": made.uri, "origin_key": made.cache_key}
+    name, model = source
+    own = {"origin_step": name, "origin_uri": model.uri, "origin_key": model.cache_key}
+    return {k: str(model.metrics.get(k, v)) for k, v in own.items()}
 
 
 @dataclasses.dataclass

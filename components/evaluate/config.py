@@ -70,14 +70,15 @@ class GateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     min: dict[str, float] = Field(default_factory=dict, description="Metric floors, e.g. {exact_match: 0.6}.")
-    max: dict[str, float] = Field(default_factory=dict, description="Metric ceilings, e.g. {perplexity: 200}.")
+    max: dict[str, float] = Field(default_factory=dict, description="Metric ceilings, e.g. {perplexity: 200}, or "
+                                  "{forgetting_ratio: 2} (pretraining-text perplexity at most twice the pretrained origin's).")
     no_regression: dict[str, float] = Field(
         default_factory=dict,
         description="Per metric, the largest allowed drop below the deployed version (same registered model, "
         "alias `baseline_alias`), in the metric's units; e.g. {exact_match: 0.01} is one point.",
     )
     lower_is_better: list[str] = Field(
-        default_factory=lambda: ["perplexity", "response_nll", "calibration_ece"],
+        default_factory=lambda: ["perplexity", "forgetting_ratio", "response_nll", "calibration_ece"],
         description="Metrics where a rise (not a drop) is the regression.",
     )
     baseline_alias: str = Field("production", description="MLflow model alias of the deployed version to compare against.")

@@ -12,9 +12,9 @@ import html
 import io
 
 # Headline columns, in reading order; per-family and per-suite metrics follow in the details.
-HEADLINE = ("perplexity", "response_nll", "exact_match", "rouge1_f1", "rouge2_f1", "rougeL_f1", "bleu",
+HEADLINE = ("perplexity", "forgetting_ratio", "response_nll", "exact_match", "rouge1_f1", "rouge2_f1", "rougeL_f1", "bleu",
             "accuracy", "calibration_ece", "robustness", "model_bytes")
-LOWER_IS_BETTER = {"perplexity", "response_nll", "calibration_ece", "model_bytes"}
+LOWER_IS_BETTER = {"perplexity", "forgetting_ratio", "response_nll", "calibration_ece", "model_bytes"}
 # Not compared across checkpoints: each evaluate step times its replicas while whatever else the DAG
 # runs beside it competes for the CPUs (the tiny run's fine-tuned model "generated" at 750 tokens/s and
 # the pretrained one, the same architecture, at 1,800). Speed comparisons come from the compression

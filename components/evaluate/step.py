@@ -7,6 +7,7 @@ in the DAG, and the workflow's report puts them side by side (components/evaluat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -30,7 +31,7 @@ from components.data.instructions import Example, read_examples_jsonl, spread
 from components.data.tokenizer import token_stream
 from components.evaluate.config import EvaluateConfig
 from components.evaluate.replica import ModelReplica
-from components.scoring import AnswerMemo, reuse_tags
+from components.scoring import AnswerMemo, keep_perplexity, kept_perplexity, reuse_tags
 from components.storage import localize
 
 
@@ -128,18 +129,39 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     harness_run = (_run_harness.options(**resources)
                    .remote(model.uri, cfg, max(1, int(ctx.cpus_per_worker)), instructions.uri if instructions else None, endpoint)
                    if cfg.lm_eval_tasks else None)
+    # The forgetting ratio's denominator: the pretrained origin's perplexity on the same text, kept by the first
+    # evaluate step that measured it (eval-pretrain, or another checkpoint's step), else scored beside this model.
+    origin = _origin(model)
+    data_key = _segments_key(corpus, cfg) if corpus is not None and not generate_only and origin else None
+    elsewhere = data_key and origin["origin_key"] != model.cache_key  # not the model's own perplexity
+    origin_known = kept_perplexity(ctx.storage_path, origin["origin_key"], data_key) if elsewhere else None
+    origin_run = _origin_perplexity(origin["origin_uri"], corpus, cfg, ctx) if elsewhere and not origin_known else None
     try:
         with ctx.timed("scoring"):  # the replicas' start, model loading and work
             scored = _score(rows, model.uri, cfg, ctx) if rows else {}
     except BaseException:
-        if harness_run is not None:  # the step fails: free its replica's resources too
-            ray.cancel(harness_run)
+        for pending in (harness_run, origin_run):  # the step fails: free their replicas' resources too
+            if pending is not None:
+                ray.cancel(pending)
         raise
     results = [kept[i] if i in kept else scored[i] for i in range(len(requests))]
     tracking.set_tags(ctx.tracking_uri, ctx.run_id, reuse_tags(evaluated=memo))
 
     # 3. Summarise into metrics, write the artifact, log to the step's run.
     scores = summarise(requests, results, cfg)
+    if data_key and "perplexity" in scores:
+        keep_perplexity(ctx.storage_path, model.cache_key, data_key, scores["perplexity"], ctx.step)
+        if not elsewhere:  # the model is its own origin (pretrained here, or loaded by a base step)
+            scores["origin_perplexity"], source = scores["perplexity"], "itself"
+        elif origin_known:
+            scores["origin_perplexity"], source = origin_known["perplexity"], f"kept by {origin_known['step']}"
+        else:
+            with ctx.timed("origin_perplexity"):  # what the step waited for it after its own scoring
+                scores["origin_perplexity"], source = perplexity_of(ray.get(origin_run)), "scored here"
+            keep_perplexity(ctx.storage_path, origin["origin_key"], data_key, scores["origin_perplexity"], ctx.step)
+        scores["forgetting_ratio"] = scores["perplexity"] / scores["origin_perplexity"]
+        tracking.set_tags(ctx.tracking_uri, ctx.run_id, {
+            "lifecycle.origin": origin["origin_step"], "lifecycle.origin_perplexity": source})
     scores["model_bytes"] = float(weights_bytes(model.path))
     if harness_run is not None:
         from components.evaluate import harness
@@ -166,12 +188,43 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     return Artifact(str(ctx.output_dir), "evaluation", ctx.run_id, ctx.cache_key, {**scores, **info}, f"{model_step}: {headline}")
 
 
+def _origin(model: Artifact) -> dict | None:
+    """The model's pretrained origin ({"origin_step", "origin_uri", "origin_key"}, which the engine sets on every
+    model artifact: workflows.engine.origin_of), or None when it has none recorded."""
+    if "origin_key" not in model.metrics:
+        return None
+    return {k: str(model.metrics[k]) for k in ("origin_step", "origin_uri", "origin_key")}
+
+
+def _segments_key(corpus: Artifact, cfg: EvaluateConfig) -> str:
+    """Names the perplexity segments: the corpus and how much of it, cut how."""
+    return hashlib.sha256(f"{corpus.cache_key}/{cfg.eval_tokens}/{cfg.segment_tokens}".encode()).hexdigest()[:16]
+
+
+def _origin_perplexity(origin_uri: str, corpus: Artifact, cfg: EvaluateConfig, ctx: StepContext) -> ray.ObjectRef:
+    """The origin's nll rows on the validation text (cut with its own tokenizer), on one replica task."""
+    tokenizer = AutoTokenizer.from_pretrained(localize(origin_uri))
+    segments = _segments(read_jsonl(corpus.path / "validation.jsonl"), tokenizer, cfg.eval_tokens, cfg.segment_tokens)
+    rows = [{"id": i, "kind": "nll", "text": "", "options": [], "tokens": list(s)} for i, s in enumerate(segments)]
+    return (_score_rows.options(num_cpus=ctx.cpus_per_worker, **_replica_resources(ctx))
+            .remote(rows, _replica_args(origin_uri, cfg, ctx), cfg.batch_size))
+
+
+def perplexity_of(scored: list[dict]) -> float:
+    """exp(total nll / total tokens) over scored nll rows ({"nll": nats, "count": tokens})."""
+    return math.exp(sum(r["nll"] for r in scored) / sum(r["count"] for r in scored))
+
+
+def _replica_args(model_dir: str, cfg: EvaluateConfig, ctx: StepContext) -> dict:
+    return {"model_dir": model_dir, "max_new_tokens": cfg.max_new_tokens, "threads": max(1, int(ctx.cpus_per_worker))}
+
+
 def _score(rows: list[dict], model_dir: str, cfg: EvaluateConfig, ctx: StepContext) -> dict[int, dict]:
     """Each row's outputs by its id, computed by `ModelReplica`s: through Ray Data for a large set,
     else on one Ray task per replica."""
     replicas = min(cfg.replicas or ctx.workers, max(1, math.ceil(len(rows) / cfg.batch_size)))
     resources = _replica_resources(ctx)
-    replica_args = {"model_dir": model_dir, "max_new_tokens": cfg.max_new_tokens, "threads": max(1, int(ctx.cpus_per_worker))}
+    replica_args = _replica_args(model_dir, cfg, ctx)
     results: dict[int, dict] = {}
     if len(rows) < cfg.ray_data_min_items:
         # Every replica gets every replicas-th row, so each sees the same mix of work kinds.
@@ -269,7 +322,7 @@ def summarise(requests: list[Request], results: list[dict], cfg: EvaluateConfig)
     scores: dict[str, float] = {}
     ppl = [r for q, r in zip(requests, results) if q.section == "ppl"]
     if ppl:
-        scores["perplexity"] = math.exp(sum(r["nll"] for r in ppl) / sum(r["count"] for r in ppl))
+        scores["perplexity"] = perplexity_of(ppl)
 
     instr = [(q.example, r) for q, r in zip(requests, results) if q.section == "instructions"]
     if instr:

@@ -1,9 +1,11 @@
 """The evaluate phase without Ray: summarising per-item outputs, the report, the gate's rules."""
 
 import math
+from dataclasses import replace
 
 import pytest
 
+from components.artifact import Artifact
 from components.core import metrics as M
 from components.data.benchmarks import Item
 from components.data.instructions import Example
@@ -11,6 +13,8 @@ from components.evaluate import report
 from components.evaluate.config import EvaluateConfig, GateConfig
 from components.evaluate.gate import decide
 from components.evaluate.step import Request, _perturbed, _segments, check, summarise
+from components.scoring import keep_perplexity, kept_perplexity
+from workflows.engine import origin_of
 from workflows.spec import needs_match
 
 
@@ -106,6 +110,36 @@ def test_gate_rules():
     assert any("exact_match 0.5 regresses 0.2 from the deployed 0.7" in f for f in failures)
     assert any(f.startswith("perplexity 120 regresses 70") for f in failures)  # lower is better: a rise regresses
     assert decide({}, GateConfig(min={"bleu": 1}), None) == ["bleu: not measured (rule min 1)"]
+
+
+def test_the_gate_bounds_forgetting():
+    cfg = GateConfig(max={"forgetting_ratio": 2.0}, no_regression={"forgetting_ratio": 0.5})
+    assert decide({"forgetting_ratio": 1.4}, cfg, {"forgetting_ratio": 1.2}) == []
+    assert decide({"forgetting_ratio": 3892.0}, cfg, None) == ["forgetting_ratio 3892 > max 2"]
+    assert decide({"forgetting_ratio": 1.9}, cfg, {"forgetting_ratio": 1.2})[0].startswith("forgetting_ratio 1.9 regresses 0.7")
+    assert decide({"perplexity": 60.0}, cfg, None) == ["forgetting_ratio: not measured (rule max 2)"]
+
+
+def test_a_model_remembers_its_pretrained_origin():
+    pretrained = Artifact("/s/artifacts/pretrain-1", "model", "r1", "k1")
+    pretrained = replace(pretrained, metrics=origin_of("pretrain", pretrained, {"corpus": Artifact("/s/c", "dataset", "r0", "k0")}))
+    assert pretrained.metrics == {"origin_step": "pretrain", "origin_uri": "/s/artifacts/pretrain-1", "origin_key": "k1"}
+    tuned = Artifact("/s/artifacts/finetune-2", "model", "r2", "k2")
+    tuned = replace(tuned, metrics=origin_of("finetune", tuned, {"pretrain": pretrained}))
+    int8 = Artifact("/s/artifacts/quantize-3", "model", "r3", "k3")
+    # Down the lineage (fine-tuned, then quantized), the origin stays the pretrained model.
+    assert origin_of("quantize", int8, {"finetune": tuned, "instructions": Artifact("/s/i", "instructions", "r4", "k4")}) \
+        == pretrained.metrics
+
+
+def test_perplexity_is_kept_per_model_and_segments(tmp_path):
+    assert kept_perplexity(str(tmp_path), "k1", "seg") is None
+    keep_perplexity(str(tmp_path), "k1", "seg", 75.4, "eval-pretrain")
+    assert kept_perplexity(str(tmp_path), "k1", "seg") == {"perplexity": 75.4, "step": "eval-pretrain"}
+    assert kept_perplexity(str(tmp_path), "k1", "other segments") is None and kept_perplexity(str(tmp_path), "k2", "seg") is None
+    assert [p.name for p in (tmp_path / "scores" / "k1").iterdir()] == ["perplexity-seg.json"]  # no partial file left
+    keep_perplexity("s3://bucket/run", "k1", "seg", 75.4, "eval-pretrain")  # an object store keeps none, and says nothing
+    assert kept_perplexity("s3://bucket/run", "k1", "seg") is None
 
 
 def test_evaluate_config_errors_name_the_field():
