@@ -111,10 +111,15 @@ def test_tiny_spec_end_to_end_serves_and_gates_a_regression(tiny_run):
     assert grpo["exact_match_gain"] >= -2 * grpo["exact_match_gain_se"] - 1e-9 and grpo["kl_to_reference"] < 1.0
     assert rm["test_accuracy"] >= 0.8 and rm["test_accuracy_unhelpful"] > 0.95  # issue 4's target is 0.9: see its note
     assert ppo["reward_after"] > ppo["reward_before"] and ppo["kl_to_reference"] > 0
-    assert ppo["exact_match_after"] >= ppo["exact_match_before"] - 0.02 and ppo["reference_unchanged"] == 1.0
+    assert ppo["reference_unchanged"] == 1.0
     # An untrained policy's log-ratio is 0 on every pair (accuracy 0.5): the trained one's must clear that by 3 standard errors.
     assert dpo["reward_accuracy_after"] > 0.5 + 3 * dpo["reward_accuracy_after_se"] and dpo["reward_accuracy_after"] > 0.6
-    assert dpo["exact_match_after"] >= dpo["exact_match_before"] - 0.02
+    # Neither loses held-out exact match by more than two paired standard errors (eval-finetune's answers against
+    # eval-ppo's and eval-dpo's on the same prompts; a fixed 2-point bound is 1.6 to 2 standard errors here).
+    for model in ("ppo", "dpo"):
+        gap, gap_se = paired_exact_match_gap(tmp_path, "eval-finetune", f"eval-{model}")
+        print(f"tiny {model}: exact match gap {gap:+.1%} ± {gap_se:.1%} (paired SE)")
+        assert gap >= -2 * gap_se - 1e-9, (model, gap, gap_se)
     client = mlflow.MlflowClient(tracking.tracking_uri_for(tmp_path))
     assert "reward_kl.png" in [a.path for a in client.list_artifacts(step_run(tmp_path, "ppo").info.run_id)]
 
