@@ -69,10 +69,7 @@ class AnswerMemo:
             new = greedy_answer_ids(model, tokenizer, missing, max_new_tokens)
             if self.folder is not None:
                 rows = [{"prompt": p, "ids": ids, "budget": max_new_tokens, "step": self.step} for p, ids in zip(missing, new)]
-                self.folder.mkdir(parents=True, exist_ok=True)
-                partial = self.folder / f".{uuid.uuid4().hex}.partial"
-                partial.write_text("".join(json.dumps(r) + "\n" for r in rows))
-                partial.rename(partial.with_name(f"{self.step}-{uuid.uuid4().hex[:8]}.jsonl"))  # readers never see half a file
+                _write_whole(self.folder / f"{self.step}-{uuid.uuid4().hex[:8]}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
             answers.update((p, tokenizer.decode(ids, skip_special_tokens=True)) for p, ids in zip(missing, new))
         return [answers[p] for p in prompts]
 
@@ -88,12 +85,16 @@ def keep_perplexity(storage_path: str, model_key: str, data_key: str, perplexity
     """Keep a model's perplexity for the later evaluate steps that need it (a fine-tuned model's forgetting is
     its perplexity over its pretrained origin's, on the same segments)."""
     path = _perplexity_path(storage_path, model_key, data_key)
-    if path is None:
-        return
+    if path is not None:  # evaluate steps on parallel branches may keep the same score; either copy is whole
+        _write_whole(path, json.dumps({"perplexity": perplexity, "step": step}))
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader never sees half of it (a partial file, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{uuid.uuid4().hex}.partial")
-    partial.write_text(json.dumps({"perplexity": perplexity, "step": step}))
-    partial.replace(path)  # evaluate steps on parallel branches may keep the same score; either copy is whole
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def _perplexity_path(storage_path: str, model_key: str, data_key: str) -> Path | None:

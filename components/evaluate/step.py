@@ -131,7 +131,8 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
                    if cfg.lm_eval_tasks else None)
     # The forgetting ratio's denominator: the pretrained origin's perplexity on the same text, kept by the first
     # evaluate step that measured it (eval-pretrain, or another checkpoint's step), else scored beside this model.
-    origin = _origin(model)
+    # The engine records the origin on every model artifact (workflows.engine.origin_of).
+    origin = {k: str(model.metrics[k]) for k in ("origin_step", "origin_uri", "origin_key") if k in model.metrics}
     data_key = _segments_key(corpus, cfg) if corpus is not None and not generate_only and origin else None
     elsewhere = data_key and origin["origin_key"] != model.cache_key  # not the model's own perplexity
     origin_known = kept_perplexity(ctx.storage_path, origin["origin_key"], data_key) if elsewhere else None
@@ -186,14 +187,6 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> A
     info = {"evaluated_step": model_step, "model_uri": model.uri, "model_run_id": model.run_id,
             **{k: model.metrics[k] for k in ("registered_model", "registered_version") if k in model.metrics}}
     return Artifact(str(ctx.output_dir), "evaluation", ctx.run_id, ctx.cache_key, {**scores, **info}, f"{model_step}: {headline}")
-
-
-def _origin(model: Artifact) -> dict | None:
-    """The model's pretrained origin ({"origin_step", "origin_uri", "origin_key"}, which the engine sets on every
-    model artifact: workflows.engine.origin_of), or None when it has none recorded."""
-    if "origin_key" not in model.metrics:
-        return None
-    return {k: str(model.metrics[k]) for k in ("origin_step", "origin_uri", "origin_key")}
 
 
 def _segments_key(corpus: Artifact, cfg: EvaluateConfig) -> str:
