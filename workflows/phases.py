@@ -120,7 +120,7 @@ PHASES: dict[str, Phase] = {
         "components.grpo.config:GRPOConfig", "components.grpo.step:run", ("model", "instructions", "reward_model?"), "model",
         "group-relative RL (GRPO, Dr. GRPO, RLOO) with verifiable rewards: G sampled answers per prompt scored by checkers, "
         "user functions or the reward model; rollout, reference and learner as Ray actors, no value model",
-        check="components.grpo.step:check", trains_weights=True, runner="actors",
+        check="components.grpo.config:check", trains_weights=True, runner="actors",
         placement="grpo.rollout_actors rollout actors, a reference and a learner (and a reward model when a term), "
         "each grpo.cpus_per_actor CPUs and grpo.gpus_per_actor GPUs",
     ),
@@ -145,7 +145,7 @@ PHASES: dict[str, Phase] = {
         "components.evaluate.config:EvaluateConfig", "components.evaluate.step:run", ("model", "instructions?", "dataset?", "endpoint?"),
         "evaluation", "score a model (perplexity, exact match, ROUGE, BLEU, benchmark suites) on Ray Data replicas; "
         "lm-eval tasks on it in-process, or on the live endpoint of a deploy step serving it",
-        check="components.evaluate.step:check", families=("causal", "masked", "seq2seq"),
+        check="components.evaluate.config:check", families=("causal", "masked", "seq2seq"),
     ),
     "gate": Phase(
         "components.evaluate.config:GateConfig", "components.evaluate.gate:run", ("evaluation",), "approval",

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from components.core.peft_methods import LoraSettings
+from components.core.peft_settings import LoraSettings
 from components.finetune.config import SweepConfig, check_sweep
 from components.train_args import TrainArgs
 

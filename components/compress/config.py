@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from components.core.quantize import METHODS
+from components.core.quantize_methods import METHODS
 from components.train_args import TrainArgs
 
 

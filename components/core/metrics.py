@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
+from components.core.exact import exact_match  # noqa: F401  (one import site for all metrics)
 from components.core.models import context_length
 from components.core.perplexity import perplexity  # noqa: F401  (one import site for all metrics)
 
@@ -38,19 +39,6 @@ def _check_pairs(a: Sequence, b: Sequence, a_name: str, b_name: str) -> None:
 
 
 # --- exact match and accuracy ----------------------------------------------------------
-
-
-def exact_match(prediction: str, reference: str) -> bool:
-    """Equality after stripping whitespace and trailing .,;:!? from both.
-
-    Trailing punctuation and surrounding whitespace are formatting a model may add or drop
-    ("19." for "19"), but case stays significant: the tasks copy names and words exactly
-    ("Rome", "The cat is red."), so a case error is a wrong answer.
-    """
-    def norm(s: str) -> str:
-        return s.strip().rstrip(".,;:!?").rstrip()
-
-    return norm(prediction) == norm(reference)
 
 
 def exact_match_rate(predictions: list[str], references: list[str]) -> float:

@@ -11,14 +11,11 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from components.core.models import family_of
-
-Method = Literal["full", "selective", "lora", "prompt_tuning", "ia3"]
+from components.core.peft_settings import LoraSettings, Method, PromptTuningSettings, SelectiveSettings  # noqa: F401
 
 # peft's task type per family, when the caller names none (it picks the PeftModel wrapper and how it generates).
 TASK_TYPES = {"causal": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "masked": None}
@@ -40,43 +37,6 @@ def ia3_defaults() -> dict[str, tuple[list[str], list[str]]]:
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGETS
 
     return {arch: (targets, FEEDFORWARD[arch]) for arch, targets in TARGETS.items() if arch in FEEDFORWARD}
-
-
-class LoraSettings(BaseModel):
-    """LoRA: rank-r update B @ A on the target projections, scaled by alpha / r."""
-
-    model_config = ConfigDict(extra="forbid")
-    r: int = Field(8, ge=1, description="Rank of the update; trainable parameters grow linearly with it.")
-    alpha: float = Field(16.0, gt=0, description="Scale numerator: the update is multiplied by alpha / r.")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input path during training.")
-    target_modules: list[str] | None = Field(
-        None, min_length=1,
-        description="Module names (or name suffixes) that get LoRA; ['all-linear']: every linear layer of the blocks, "
-        "attention and MLP, not the output head (more parameters, closer to full fine-tuning). None: peft's default for the "
-        "architecture, its attention projections (gpt2: c_attn; llama, qwen2, mistral: q_proj, v_proj; t5: q, v; bert: "
-        "query, value); an architecture peft has no default for must name them.",
-    )
-
-
-class PromptTuningSettings(BaseModel):
-    """Prompt tuning: trainable virtual-token embeddings in front of every input."""
-
-    model_config = ConfigDict(extra="forbid")
-    num_virtual_tokens: int = Field(16, ge=1, description="Soft-prompt length in tokens (takes that much context).")
-    init_text: str | None = Field(
-        "Answer the instruction exactly.", description="Initialise the soft prompt from this text's embeddings; None: random."
-    )
-
-
-class SelectiveSettings(BaseModel):
-    """Selective fine-tuning: train only the parameters whose names match a pattern."""
-
-    model_config = ConfigDict(extra="forbid")
-    trainable: list[str] = Field(
-        ["*.h.3.*", "*layers.3.*"], min_length=1,
-        description="fnmatch patterns over parameter names, any of which trains a parameter, e.g. '*.h.3.*' (GPT-2's "
-        "block 3), '*layers.3.*' (Llama-style), '*.bias' (biases), '*ln_f*'; refused when none matches.",
-    )
 
 
 def apply_method(model, method: Method, lora: LoraSettings, prompt_tuning: PromptTuningSettings,

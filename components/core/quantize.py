@@ -29,9 +29,7 @@ from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 from transformers import AutoConfig
 from transformers.pytorch_utils import Conv1D
 
-METHODS = ("fp16", "bf16", "int8_dynamic", "int8_weight_only", "int4_weight_only")
-INTEGER = ("int8_dynamic", "int8_weight_only", "int4_weight_only")
-RECIPE = "compression.json"
+from components.core.quantize_methods import INTEGER, METHODS, RECIPE  # noqa: F401  (where the quantizers read them)
 
 
 def conv1d_to_linear(model: torch.nn.Module) -> torch.nn.Module:

@@ -23,16 +23,13 @@ import math
 import re
 from collections.abc import Callable, Sequence
 
-from components.core.metrics import exact_match
+from components.core.exact import exact_match
+from components.core.exact import normalise as _norm
 
 NUMERIC_FAMILIES = ("add", "count")
 BUILTIN_TERMS = ("correct", "format")
 REWARD_ARGUMENTS = ("prompts", "completions", "references", "families")
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
-
-
-def _norm(text: str) -> str:
-    return text.strip().rstrip(".,;:!?").rstrip()
 
 
 def parse_number(text: str) -> float | None:

@@ -1,7 +1,7 @@
 """Instruction data: a bundled, seeded task generator, the Alpaca prompt/chat templates, jsonl
 loaders for Alpaca and chat formats, a hash split, multi-task mixing and exact-match scoring
-(`exact_match` now lives in components.core.metrics and is re-exported here). The tasks' words
-are components/data/vocabulary.py's.
+(`exact_match` lives in components.core.exact and is re-exported here). The tasks' words are
+components/data/vocabulary.py's. Light to import (no torch): the spec validator reads it.
 
 An `Example` holds the full model input (`prompt`, already formatted with `PROMPT_TEMPLATE`) and
 the target `response` (no eos; the fine-tuning phase appends it). Malformed files raise
@@ -19,7 +19,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from components.core.metrics import exact_match  # noqa: F401
+from components.core.exact import exact_match  # noqa: F401
 from components.data.corpus import DataError, jsonl_records, unit_hash, write_records_jsonl
 from components.data.vocabulary import ADJECTIVES, DICTIONARY, FIELDS, LANGUAGES, VERBS, WORDS, sentence
 

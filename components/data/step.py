@@ -24,7 +24,6 @@ from components.data.preferences import (
     split_pairs,
     write_pairs_jsonl,
 )
-from components.data.tokenizer import train_bpe
 
 
 def check_data(cfg: DataConfig, workdir: Path | None = None) -> DataConfig:
@@ -60,6 +59,9 @@ def run_data(cfg: DataConfig, inputs: dict[str, Artifact], ctx: StepContext) -> 
 
 def run_tokenizer(cfg: TokenizerConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:
     """Train a byte-level BPE on the training split; save it in Hugging Face format."""
+    # Deferred: transformers takes seconds to import, and `lifecycle validate` imports this module for its checks.
+    from components.data.tokenizer import train_bpe
+
     ((dataset_step, dataset),) = inputs.items()
     docs = read_jsonl(dataset.path / "train.jsonl")
     tokenizer = train_bpe(docs, cfg)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from components.data.benchmarks import bundled_path
+from components.data.corpus import DataError
 
 BENCHMARKS = ("sst2", "mnli", "boolq", "mmlu", "rte")  # components.data.benchmarks.FORMATS; rte has no bundled copy
 PERTURBATIONS = ("typo", "case", "whitespace")
@@ -83,3 +88,30 @@ class GateConfig(BaseModel):
     )
     baseline_alias: str = Field("production", description="MLflow model alias of the deployed version to compare against.")
     on_fail: Literal["block", "warn"] = Field("block", description="block: fail the step and stop the deploy; warn: log and pass.")
+
+
+def check(cfg: EvaluateConfig, workdir: Path | None = None) -> EvaluateConfig:
+    """Before Ray starts: lm_eval_tasks are tasks lm-eval knows (this project's or its registry's),
+    and the benchmark files of the suites and lifecycle tasks asked for load."""
+    if cfg.lm_eval_tasks:
+        from components.evaluate import harness  # deferred: lm_eval's import (~1 s) is for steps that ask for it
+
+        problems = harness.unknown_tasks(cfg.lm_eval_tasks)
+        if problems:
+            raise ValueError(f"field 'lm_eval_tasks': {'; '.join(problems)}")
+        suites = list(dict.fromkeys([*cfg.benchmarks, *harness.suites_of(cfg.lm_eval_tasks)]))
+    else:
+        suites = list(cfg.benchmarks)
+    for task in suites:
+        path = cfg.benchmark_paths.get(task)
+        if path is None:
+            try:
+                bundled_path(task)
+            except DataError as e:
+                raise ValueError(f"field 'benchmark_paths.{task}': {e}") from None
+        elif not path.startswith("hf:") and not os.path.exists(path):
+            raise ValueError(f"field 'benchmark_paths.{task}': {path} does not exist")
+    for task in set(cfg.benchmark_paths) - set(suites):
+        raise ValueError(f"field 'benchmark_paths.{task}': {task!r} is not in benchmarks {cfg.benchmarks} "
+                         f"nor read by a lifecycle_ task of lm_eval_tasks")
+    return cfg

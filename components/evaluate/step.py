@@ -10,9 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 import ray
@@ -25,8 +23,8 @@ from components.core import metrics as M
 from components.core.chat import answer_end_id, render_prompt
 from components.core.models import family_of, weights_bytes
 from components.core.quantize import RECIPE
-from components.data.benchmarks import Item, bundled_path, load_benchmark, perturb
-from components.data.corpus import DataError, read_jsonl
+from components.data.benchmarks import Item, load_benchmark, perturb
+from components.data.corpus import read_jsonl
 from components.data.instructions import Example, read_examples_jsonl, spread
 from components.data.tokenizer import token_stream
 from components.evaluate.config import EvaluateConfig
@@ -43,33 +41,6 @@ class Request:
     example: Example | None = None
     item: Item | None = None
     variant: str = ""  # "" (original prompt) or a perturbation kind
-
-
-def check(cfg: EvaluateConfig, workdir: Path | None = None) -> EvaluateConfig:
-    """Before Ray starts: lm_eval_tasks are tasks lm-eval knows (this project's or its registry's),
-    and the benchmark files of the suites and lifecycle tasks asked for load."""
-    if cfg.lm_eval_tasks:
-        from components.evaluate import harness  # deferred: lm_eval's import (~1 s) is for steps that ask for it
-
-        problems = harness.unknown_tasks(cfg.lm_eval_tasks)
-        if problems:
-            raise ValueError(f"field 'lm_eval_tasks': {'; '.join(problems)}")
-        suites = list(dict.fromkeys([*cfg.benchmarks, *harness.suites_of(cfg.lm_eval_tasks)]))
-    else:
-        suites = list(cfg.benchmarks)
-    for task in suites:
-        path = cfg.benchmark_paths.get(task)
-        if path is None:
-            try:
-                bundled_path(task)
-            except DataError as e:
-                raise ValueError(f"field 'benchmark_paths.{task}': {e}") from None
-        elif not path.startswith("hf:") and not os.path.exists(path):
-            raise ValueError(f"field 'benchmark_paths.{task}': {path} does not exist")
-    for task in set(cfg.benchmark_paths) - set(suites):
-        raise ValueError(f"field 'benchmark_paths.{task}': {task!r} is not in benchmarks {cfg.benchmarks} "
-                         f"nor read by a lifecycle_ task of lm_eval_tasks")
-    return cfg
 
 
 def run(cfg: EvaluateConfig, inputs: dict[str, Artifact], ctx: StepContext) -> Artifact:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from components.core.peft_methods import LoraSettings
-from components.core.verifiers import BUILTIN_TERMS
+from components.core.peft_settings import LoraSettings
+from components.core.verifiers import BUILTIN_TERMS, load_reward_function
 
 REWARD_MODEL_TERM = "reward_model"
 
@@ -75,3 +76,13 @@ class GRPOConfig(BaseModel):
     @property
     def user_functions(self) -> list[str]:
         return [name for name in self.rewards if ":" in name]
+
+
+def check(cfg: GRPOConfig, workdir: Path | None = None) -> GRPOConfig:
+    """Before Ray starts: every `module:function` reward term imports and takes the reward arguments."""
+    for name in cfg.user_functions:
+        try:
+            load_reward_function(name)
+        except ValueError as e:
+            raise ValueError(f"field 'rewards': {e}") from None
+    return cfg

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import ray
 from ray.util.placement_group import remove_placement_group
@@ -23,16 +21,6 @@ from components.grpo.roles import Learner, Rollout
 from components.report import plot_curves
 from components.rlhf.roles import Reference, Reward
 from components.scoring import AnswerMemo, greedy, reuse_tags
-
-
-def check(cfg: GRPOConfig, workdir: Path | None = None) -> GRPOConfig:
-    """Before Ray starts: every `module:function` reward term imports and takes the reward arguments."""
-    for name in cfg.user_functions:
-        try:
-            load_reward_function(name)
-        except ValueError as e:
-            raise ValueError(f"field 'rewards': {e}") from None
-    return cfg
 
 
 def rollout_count(cfg: GRPOConfig, cluster_cpus: float, with_reward_model: bool) -> int:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from components.core.models import ModelConfig
+from components.core.model_config import ModelConfig
 from components.train_args import DeepSpeedTrainArgs
 
 

@@ -10,9 +10,9 @@ from components.core import metrics as M
 from components.data.benchmarks import Item
 from components.data.instructions import Example
 from components.evaluate import report
-from components.evaluate.config import EvaluateConfig, GateConfig
+from components.evaluate.config import EvaluateConfig, GateConfig, check
 from components.evaluate.gate import decide
-from components.evaluate.step import Request, _perturbed, _segments, check, summarise
+from components.evaluate.step import Request, _perturbed, _segments, summarise
 from components.scoring import keep_perplexity, kept_perplexity
 from workflows.engine import origin_of
 from workflows.spec import needs_match

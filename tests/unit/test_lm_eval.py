@@ -8,9 +8,8 @@ from components.core.metrics import choose, option_logprobs
 from components.core.models import load_trained
 from components.data.benchmarks import load_benchmark
 from components.evaluate import harness
-from components.evaluate.config import EvaluateConfig, GateConfig
+from components.evaluate.config import EvaluateConfig, GateConfig, check
 from components.evaluate.gate import decide
-from components.evaluate.step import check
 from tests.checkpoints import save_checkpoint
 
 
