@@ -1,9 +1,9 @@
 """Run a validated workflow as Ray core dataflow, with caching and MLflow lineage.
 
-Each step is one ``ray.remote`` task that receives its upstream steps' ObjectRefs, so
-independent branches run at once and Ray places them; the step task reserves no CPU
-(the Ray Train workers it starts do). A step whose cache key has a FINISHED MLflow run
-with its artifact still on disk is not run again.
+A step whose cache key has a FINISHED MLflow run with its artifact still on disk is not run
+again: the driver looks every key up first. Each step still to run is one ``ray.remote`` task
+that receives its upstream steps' ObjectRefs, so independent branches run at once and Ray
+places them; the step task reserves no CPU (the Ray Train workers it starts do).
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ class ProgressBoard:
 def execute_step(job: dict[str, Any], board, *upstream: Artifact) -> Artifact:
     """Run one step (or reuse its cached artifact) inside a Ray task; returns its Artifact."""
     name, uri, key = job["step"], job["tracking_uri"], job["cache_key"]
+    # Looked up again: another driver may have finished the same step since this one looked.
     cached = tracking.find_cached(uri, key) if PHASES[job["phase"]].cache else None
     if cached is not None:
         board.update.remote(name, {"state": "cached", "headline": cached.headline, "run_id": cached.run_id})
@@ -216,6 +217,12 @@ def run(resolved: Resolved, workdir: Path, address: str | None = None, display=N
             "config": resolved.configs[name].model_dump(mode="json"), "needs": step.needs, "spec_sha": resolved.sha,
             "parent_run_id": parent, "tracking_uri": uri, "workdir": str(workdir), "storage": root, "scale": resolved.spec.scale.model_dump(),
         }
+        # A cached step is looked up here, not in a task: a re-run then starts no worker process for it.
+        cached = tracking.find_cached(uri, keys[name]) if PHASES[step.uses].cache else None
+        if cached is not None:
+            board.update.remote(name, {"phase": step.uses, "state": "cached", "headline": cached.headline, "run_id": cached.run_id})
+            refs[name] = ray.put(dataclasses.replace(cached, cached=True))
+            continue
         board.update.remote(name, {"phase": step.uses, "state": "waiting"})
         # A deploy step also waits for every other step: a replica holds CPUs until Ctrl-C, and a
         # training step still to come would wait for them forever.
