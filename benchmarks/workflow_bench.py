@@ -6,7 +6,7 @@ outside the training loops, through the real command line, in one run.
 
 1. `lifecycle run SPEC [KEY=VALUE ...] --workdir NEW --no-wait` in a fresh working folder (cold),
    then the same command again (every step a cache hit, except a deploy step, which always runs:
-   an endpoint is not a file to reuse). Target for the re-run: under 60 s.
+   an endpoint is not a file to reuse). Target for the re-run: under 30 s (issue 32).
 2. Where the cold run's time went, from `lifecycle status --json` and the steps' MLflow runs:
    - wall: the command, from start to exit (Python start, validation, local Ray start and stop);
    - in steps: the union of the step runs' intervals (steps on parallel branches overlap);
@@ -45,6 +45,7 @@ from components.deploy.ingress import free_port  # noqa: E402
 
 RATES = ("tokens_per_s", "examples_per_s", "pairs_per_s")  # what the training loops report per window
 PPO_SECONDS = ("generation_s", "scoring_s", "training_s")
+TARGET_CACHED_S = 30  # issue 32: a re-run that changed nothing serves again within this
 
 
 # --- the command line, on its own --------------------------------------------------------------------
@@ -231,13 +232,14 @@ def main() -> int:
          for s in cold["steps"]],
         "llrrrl",
     )
-    target = "met" if warm["wall_s"] < 60 else "MISSED"
+    target = "met" if warm["wall_s"] < TARGET_CACHED_S else "MISSED"
     caption = (f"{args.spec}: cold run then the same command again "
-               f"(every step cached except deploy); cached re-run target < 60 s: {target}.")
+               f"(every step cached except deploy); cached re-run target < {TARGET_CACHED_S} s: {target}.")
     notes = (f"Per step of the cold run (seconds from `lifecycle status --json`; training loops from the steps' MLflow "
              f"metrics):\n\n{per_step}\n\nSteps on parallel branches overlap: the sum of step times can exceed the time in steps.")
     write_result(name, {"spec": args.spec, "overrides": overrides, "workdir": str(workdir), "workers": workers,
-                        "validate_s": validate_wall, "cold": cold, "cached": warm, "target_cached_s": 60, "target_met": warm["wall_s"] < 60},
+                        "validate_s": validate_wall, "cold": cold, "cached": warm, "target_cached_s": TARGET_CACHED_S,
+                        "target_met": warm["wall_s"] < TARGET_CACHED_S},
                  caption + "\n\n" + main_table, notes, args.results)
     clean_up(env["RAY_TMPDIR"], workdir, keep=bool(args.keep or args.workdir))
     return 0

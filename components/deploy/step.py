@@ -10,6 +10,7 @@ applications outlive the driver on a cluster; locally `lifecycle run` keeps serv
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -77,17 +78,27 @@ def start(cfg: DeployConfig, model: dict[str, Any], adapters: dict[str, dict[str
     # Deferred: Ray Serve and FastAPI (the app, the RAG route) are heavy, and only deploying needs them.
     from ray import serve
 
-    from components.deploy.app import build
+    # Serve's controller and proxy start (3 s on 2 CPUs) while this process checks the model and imports
+    # the app (torch and transformers: 4 s).
+    with ThreadPoolExecutor(1) as pool:
+        started = pool.submit(serve.start, http_options={"host": cfg.host, "port": cfg.port})
+        check_servable(cfg, model["path"])
+        from components.deploy.app import build
 
-    check_servable(cfg, model["path"])
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(build(cfg, model, adapters), name=cfg.app_name, route_prefix="/", blocking=False)
-    base = local_url(cfg.host, cfg.port)
-    wait_ready(f"{base}/ready", lambda body: body.get("model") == model["id"], timeout_s, f"the endpoint at {base}")
+        started.result()
+    targets = [serve.RunTarget(build(cfg, model, adapters), name=cfg.app_name, route_prefix="/")]
     if cfg.rag is not None:
         from components.apps import rag
 
-        rag.start(cfg.rag, model, cfg.port, cfg.host, timeout_s, adapters=list(adapters))
+        targets.append(serve.RunTarget(rag.build(cfg.rag, model, list(adapters)), name=cfg.rag.app_name, route_prefix=cfg.rag.route_prefix))
+    # One call for both applications, so their replicas start (import torch, load the model) at the same
+    # time: on the tiny run that took 7 s instead of 13 s one after the other.
+    serve.run_many(targets)
+    base = local_url(cfg.host, cfg.port)
+    wait_ready(f"{base}/ready", lambda body: body.get("model") == model["id"], timeout_s, f"the endpoint at {base}")
+    if cfg.rag is not None:
+        url = rag_url(cfg)
+        wait_ready(f"{url}/health", lambda body: body.get("status") == "ok", timeout_s, f"the RAG route at {url}")
     return f"{base}/v1"
 
 
