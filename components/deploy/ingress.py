@@ -12,19 +12,44 @@ from __future__ import annotations
 
 import atexit
 import json
+import random
 import shutil
 import socket
 import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 
 def free_port() -> int:
-    """A TCP port free on this machine now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free to listen on now, on every interface, below the machine's ephemeral range.
+
+    A port the OS picks (bind to 0) lies in the ephemeral range, from which every outgoing connection
+    takes its local port too: on a starting Ray, hundreds of them, and HAProxy then failed to bind its
+    stats port in 2 of about 10 local deploys. Ray's own workers listen on 10002-19999.
+    """
+    low, high = 20000, _ephemeral_start() - 1
+    if high - low < 1000:  # an unusual ephemeral range: let the OS pick
+        with socket.socket() as s:
+            s.bind(("0.0.0.0", 0))
+            return s.getsockname()[1]
+    for port in random.Random().sample(range(low, high), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free TCP port between {low} and {high}")
+
+
+def _ephemeral_start() -> int:
+    """The first port of the OS's ephemeral range (Linux: /proc/sys/net/ipv4/ip_local_port_range; else 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def local_ingress_env(environ: dict[str, str]) -> dict[str, str]:

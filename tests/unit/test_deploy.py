@@ -267,3 +267,16 @@ def test_the_rag_route_gets_the_key_in_a_private_file_too(monkeypatch):
     deployment = rag.build(RagConfig(), {"id": "m", "path": "/nowhere"})._bound_deployment
     assert "s3cret-rag" not in repr(deployment.ray_actor_options) and "runtime_env" not in deployment.ray_actor_options
     assert Path(deployment.init_args[3]).read_text() == "s3cret-rag"
+
+
+def test_free_port_lies_below_the_ephemeral_range_and_binds():
+    # An outgoing connection can take any port of the ephemeral range before HAProxy binds it.
+    import socket
+
+    from components.deploy.ingress import _ephemeral_start, free_port
+
+    for _ in range(20):
+        port = free_port()
+        assert 20000 <= port < _ephemeral_start()
+        with socket.socket() as s:
+            s.bind(("0.0.0.0", port))
