@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from workflows import submit
 from workflows.plan import add_plan_parser, run_plan
@@ -115,7 +116,7 @@ def _run(args, console: Console) -> int:
         console.print(markdown(rows), markup=False, highlight=False)
     failed = [o for o in outcomes if o.state == "failed"]
     for o in failed:
-        console.print(f"[red]step {o.step} failed:[/red] {o.error}")
+        console.print(f"[red]step {o.step} failed:[/red] {escape(o.error)}")  # an error may hold [brackets]
     endpoints = [o.artifact.metrics["url"] for o in outcomes if o.phase == "deploy" and o.artifact]
     for o in outcomes:
         if o.phase == "deploy" and o.artifact:
