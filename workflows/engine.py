@@ -246,7 +246,7 @@ def run(resolved: Resolved, workdir: Path, address: str | None = None, display=N
         while pending:
             if evaluations and not published and evaluations <= outcomes.keys():
                 # The report while a deploy step (which waits for every other step) starts the endpoint.
-                published = _publish(outcomes, uri, parent)
+                published = _publish(resolved, outcomes, uri, parent)
             ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
             rows = ray.get(board.snapshot.remote())
             for ref in ready:
@@ -266,10 +266,9 @@ def run(resolved: Resolved, workdir: Path, address: str | None = None, display=N
         status = "KILLED"
         raise
     finally:
-        summary = {n: _summary(outcomes[n]) for n in resolved.order if n in outcomes}
-        tracking.set_tags(uri, parent, {"lifecycle.summary": json.dumps(summary)})
+        _record(resolved, outcomes, uri, parent)
         if not published:
-            _publish(outcomes, uri, parent)
+            _publish(resolved, outcomes, uri, parent)
         tracking.end_run(uri, parent, status)
         if started_ray and not keep_ray:
             ray.shutdown()
@@ -286,11 +285,18 @@ def _cached(resolved: Resolved, keys: dict[str, str], uri: str) -> dict[str, Art
     return found
 
 
-def _publish(outcomes: dict[str, StepOutcome], uri: str, parent: str) -> bool:
+def _record(resolved: Resolved, outcomes: dict[str, StepOutcome], uri: str, parent: str) -> None:
+    """Tag the workflow's run with each finished step's state and run (a cached step's is an earlier run's)."""
+    summary = {n: _summary(outcomes[n]) for n in resolved.order if n in outcomes}
+    tracking.set_tags(uri, parent, {"lifecycle.summary": json.dumps(summary)})
+
+
+def _publish(resolved: Resolved, outcomes: dict[str, StepOutcome], uri: str, parent: str) -> bool:
     """Log the comparison report of every evaluated checkpoint on the workflow's run, if any was; True."""
     if any(o.phase == "evaluate" and o.artifact for o in outcomes.values()):
         from components.evaluate.report import publish
 
+        _record(resolved, outcomes, uri, parent)  # the report finds the evaluate steps' runs, cached ones too, here
         publish(uri, parent)
     return True
 

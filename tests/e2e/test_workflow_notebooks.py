@@ -3,7 +3,10 @@ tiny workflow's run that the end-to-end test made (the sweep notebook runs in te
 against the sweep that test made). A failing cell fails the test."""
 
 import json
+import tempfile
+from pathlib import Path
 
+import mlflow
 import pytest
 
 from components import tracking
@@ -20,8 +23,13 @@ def test_quickstart_lineage_and_applications_notebooks_run_top_to_bottom_on_the_
     nb, seconds = execute_notebook("01_quickstart.ipynb", WORKDIR=workdir, ADDRESS=ray_address,
                                    OVERRIDES=[*tiny_run.overrides, f"deploy.port={serve_port}"])
     print(f"01_quickstart (cached): {seconds:.0f}s")
-    steps = {s["step"]: s["state"] for s in tracking.recent_workflows(uri, limit=1)[0]["steps"]}
+    latest = tracking.recent_workflows(uri, limit=1)[0]
+    steps = {s["step"]: s["state"] for s in latest["steps"]}
     assert steps == {name: "done" if name == "deploy" else "cached" for name in load_spec(ROOT / "workflows" / "tiny.yaml").order}, steps
+    # The re-run's report compares the cached evaluations too (published while the deploy step ran).
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(mlflow.MlflowClient(uri).download_artifacts(latest["run_id"], "report.md", tmp)).read_text()
+    assert "eval-grpo" in report and "eval-prune" in report, report[:500]
     text = notebook_text(nb)
     assert "completion:" in text and "tiny-finetune" in text and notebook_images(nb) >= 2
     status = json.loads(lifecycle("status", "--workdir", workdir, "--json").stdout)  # the CLI sees the notebook's run
