@@ -10,7 +10,6 @@ applications outlive the driver on a cluster; locally `lifecycle run` keeps serv
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -78,14 +77,12 @@ def start(cfg: DeployConfig, model: dict[str, Any], adapters: dict[str, dict[str
     # Deferred: Ray Serve and FastAPI (the app, the RAG route) are heavy, and only deploying needs them.
     from ray import serve
 
-    # Serve's controller and proxy start (3 s on 2 CPUs) while this process checks the model and imports
-    # the app (torch and transformers: 4 s).
-    with ThreadPoolExecutor(1) as pool:
-        started = pool.submit(serve.start, http_options={"host": cfg.host, "port": cfg.port})
-        check_servable(cfg, model["path"])
-        from components.deploy.app import build
+    check_servable(cfg, model["path"])
+    from components.deploy.app import build
 
-        started.result()
+    # Not beside the imports above, in a thread: Ray's first call in a process imports pydantic.v1, and an import
+    # racing it in the other thread failed `lifecycle serve` with KeyError: 'pydantic.v1'.
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
     targets = [serve.RunTarget(build(cfg, model, adapters), name=cfg.app_name, route_prefix="/")]
     if cfg.rag is not None:
         from components.apps import rag
