@@ -246,7 +246,8 @@ def run(resolved: Resolved, workdir: Path, address: str | None = None, display=N
         while pending:
             if evaluations and not published and evaluations <= outcomes.keys():
                 # The report while a deploy step (which waits for every other step) starts the endpoint.
-                published = _publish(resolved, outcomes, uri, parent)
+                _publish(resolved, outcomes, uri, parent)
+                published = True
             ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
             rows = ray.get(board.snapshot.remote())
             for ref in ready:
@@ -291,14 +292,13 @@ def _record(resolved: Resolved, outcomes: dict[str, StepOutcome], uri: str, pare
     tracking.set_tags(uri, parent, {"lifecycle.summary": json.dumps(summary)})
 
 
-def _publish(resolved: Resolved, outcomes: dict[str, StepOutcome], uri: str, parent: str) -> bool:
-    """Log the comparison report of every evaluated checkpoint on the workflow's run, if any was; True."""
+def _publish(resolved: Resolved, outcomes: dict[str, StepOutcome], uri: str, parent: str) -> None:
+    """Log the comparison report of every evaluated checkpoint on the workflow's run, if any was."""
     if any(o.phase == "evaluate" and o.artifact for o in outcomes.values()):
         from components.evaluate.report import publish
 
         _record(resolved, outcomes, uri, parent)  # the report finds the evaluate steps' runs, cached ones too, here
         publish(uri, parent)
-    return True
 
 
 def _deploys_last(resolved: Resolved) -> list[str]:
